@@ -1,0 +1,47 @@
+# Corral developer commands. Every target creates the virtual environment it needs.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+PORT   ?= 8420
+
+.PHONY: demo up test lint typecheck unit bench clean help
+
+help:
+	@echo "make demo   - start a demo cluster (server + 3 simulated-GPU agents + a workload)"
+	@echo "make up     - start a server and one local agent (embedded default)"
+	@echo "make test   - lint, type-check and run the whole test suite"
+	@echo "make bench  - run the benchmarks (results in bench/results/)"
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Corral needs Python 3.11 or newer")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $@
+
+demo: $(STAMP)
+	$(BIN)/corral demo --port $(PORT)
+
+up: $(STAMP)
+	$(BIN)/corral up --port $(PORT)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+test: lint typecheck
+	scripts/test-services.sh
+	$(BIN)/pytest
+
+unit: $(STAMP)
+	$(BIN)/pytest tests/unit
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,34 @@
+"""The agent's settings (one object, filled from `corral agent` flags)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class AgentConfig:
+    """Everything `corral agent` can be told.
+
+    - ``server``: base URL of the server, e.g. ``http://127.0.0.1:8420``.
+    - ``join_token``: presented once to register; the node token it yields is kept in
+      ``state_dir / "node-token"`` and used from then on (also after restarts).
+    - ``name``: node name (default: the host name, cleaned).
+    - ``state_dir``: where job directories, output files and the node token live
+      (default ``$CORRAL_HOME/agent/<name>``).
+    - ``simulate_gpus``: a profile such as ``8xA100-80GB``; None means real GPUs via NVML.
+    - ``user_map``: corral user → Unix account overrides (``"*"`` matches everyone).
+    - ``allow_root_jobs``: let jobs run as root when the mapping resolves to root.
+    - ``grace_seconds``: default time between SIGTERM and SIGKILL.
+    - ``log_flush_seconds``: how often job output is shipped to the server.
+    """
+
+    server: str
+    join_token: str | None = None
+    name: str | None = None
+    state_dir: Path | None = None
+    simulate_gpus: str | None = None
+    user_map: dict[str, str] = field(default_factory=dict)
+    allow_root_jobs: bool = False
+    grace_seconds: float = 10.0
+    log_flush_seconds: float = 0.5

@@ -1,0 +1,383 @@
+"""The wire format of the REST API: request and response bodies.
+
+These pydantic models are the contract between the server, the CLI and the agent.
+They are kept apart from the ORM models (`corral.store.models`) on purpose: the
+database can change shape without changing what clients see, and the other way round.
+
+Units are part of the field names where they are not obvious: ``*_bytes`` are bytes,
+``*_seconds`` are seconds, ``gpus`` counts whole GPUs (fractions come with issue 3).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from corral.core.names import NAME_RE, NODE_NAME_RE
+from corral.core.states import JobKind, JobState, NodeState, Role
+
+# Bounds that keep one request from exhausting the server or an agent. A job that is
+# refused by these gets a message naming the field and the bound.
+MAX_GPUS_PER_JOB = 1024
+MAX_CPUS_PER_JOB = 4096
+MAX_MEMORY_BYTES = 64 * 1024**4  # 64 TiB
+MAX_COMMAND_ARGS = 4096
+MAX_COMMAND_BYTES = 128 * 1024
+MAX_ENV_VARS = 256
+MAX_ENV_VALUE_BYTES = 32 * 1024
+MAX_PATH_CHARS = 4096
+MAX_GRACE_SECONDS = 3600.0
+MAX_REQUEST_BYTES = 1024 * 1024  # whole request bodies, checked by the server
+
+ENV_KEY_RE = r"^[A-Za-z_][A-Za-z0-9_]*$"
+# Variables Corral sets itself; a user may not override them (they decide which GPUs
+# the job sees and how it identifies itself).
+RESERVED_ENV_PREFIXES = ("CORRAL_",)
+RESERVED_ENV_KEYS = frozenset(
+    {"CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER"}
+)
+
+Name = Annotated[str, Field(pattern=NAME_RE.pattern, min_length=1, max_length=63)]
+NodeName = Annotated[str, Field(pattern=NODE_NAME_RE.pattern, min_length=1, max_length=253)]
+
+
+class _Strict(BaseModel):
+    """Request bodies refuse unknown fields: a typo must not be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+# ---------------------------------------------------------------- errors
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    field: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """Every error the API returns has this shape."""
+
+    error: ErrorBody
+
+
+# ---------------------------------------------------------------- users and auth
+
+
+class WhoAmI(BaseModel):
+    name: str
+    role: Role
+    projects: list[str]
+
+
+class UserCreate(_Strict):
+    name: Name
+    role: Role = Role.USER
+    unix_user: str | None = Field(
+        default=None,
+        pattern=r"^[a-z_][a-z0-9_-]{0,31}$",
+        description="Unix account jobs of this user run as on nodes whose agent is root "
+        "(default: the user's name).",
+    )
+
+
+class UserOut(BaseModel):
+    name: str
+    role: Role
+    unix_user: str
+    projects: list[str]
+    created_at: datetime
+
+
+class TokenCreate(_Strict):
+    description: str = Field(default="", max_length=200)
+
+
+class TokenOut(BaseModel):
+    """A newly made API token. The secret is shown once; the server keeps only a hash."""
+
+    user: str
+    token: str
+    description: str
+    created_at: datetime
+
+
+class JoinTokenOut(BaseModel):
+    """A token that lets an agent join the cluster (``corral agent --join-token``)."""
+
+    token: str
+    created_at: datetime
+    expires_at: datetime | None
+
+
+class JoinTokenCreate(_Strict):
+    ttl_seconds: float | None = Field(default=None, gt=0, le=365 * 86400)
+
+
+# ---------------------------------------------------------------- projects
+
+
+class ProjectCreate(_Strict):
+    name: Name
+
+
+class ProjectMemberAdd(_Strict):
+    user: Name
+
+
+class ProjectOut(BaseModel):
+    name: str
+    members: list[str]
+    jobs_running: int
+    jobs_pending: int
+    gpus_allocated: float
+    created_at: datetime
+
+
+# ---------------------------------------------------------------- jobs
+
+
+class JobSubmit(_Strict):
+    """What a user asks to run. See `corral submit --help` for the CLI side."""
+
+    name: Name
+    project: Name = "default"
+    kind: JobKind = JobKind.TRAIN
+    gpus: float = Field(default=0, ge=0, le=MAX_GPUS_PER_JOB, description="Whole GPUs.")
+    cpus: float | None = Field(default=None, gt=0, le=MAX_CPUS_PER_JOB)
+    memory_bytes: int | None = Field(default=None, gt=0, le=MAX_MEMORY_BYTES)
+    command: list[str] = Field(min_length=1, max_length=MAX_COMMAND_ARGS)
+    env: dict[str, str] = Field(default_factory=dict, max_length=MAX_ENV_VARS)
+    workdir: str | None = Field(default=None, min_length=1, max_length=MAX_PATH_CHARS)
+    grace_seconds: float | None = Field(
+        default=None, ge=0, le=MAX_GRACE_SECONDS,
+        description="Time between SIGTERM and SIGKILL when the job is stopped.",
+    )
+
+    @field_validator("gpus")
+    @classmethod
+    def _whole_gpus(cls, v: float) -> float:
+        if v != int(v):
+            raise ValueError(
+                "must be a whole number of GPUs (fractional GPUs come with the fair-share "
+                "scheduler)"
+            )
+        return v
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, v: list[str]) -> list[str]:
+        if not v[0]:
+            raise ValueError("the program to run (first word) is empty")
+        if any("\x00" in a for a in v):
+            raise ValueError("contains a NUL character")
+        if sum(len(a.encode()) + 1 for a in v) > MAX_COMMAND_BYTES:
+            raise ValueError(f"is longer than {MAX_COMMAND_BYTES // 1024} KiB")
+        return v
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: dict[str, str]) -> dict[str, str]:
+        import re
+
+        for key, value in v.items():
+            if not re.match(ENV_KEY_RE, key):
+                raise ValueError(f"{key!r} is not a valid variable name")
+            if key in RESERVED_ENV_KEYS or key.startswith(RESERVED_ENV_PREFIXES):
+                raise ValueError(f"{key} is set by Corral and cannot be overridden")
+            if "\x00" in value or len(value.encode()) > MAX_ENV_VALUE_BYTES:
+                raise ValueError(f"value of {key} has a NUL or is over 32 KiB")
+        return v
+
+    @field_validator("workdir")
+    @classmethod
+    def _workdir(cls, v: str | None) -> str | None:
+        if v is not None and (not v.startswith("/") or "\x00" in v):
+            raise ValueError("must be an absolute path")
+        return v
+
+
+class JobEventOut(BaseModel):
+    at: datetime
+    type: str
+    message: str
+    actor: str | None = None
+
+
+class JobOut(BaseModel):
+    """A job as clients see it. ``gpus`` is what was asked; ``gpu_ids`` what was given."""
+
+    id: int
+    name: str
+    project: str
+    user: str
+    kind: JobKind
+    state: JobState
+    node: str | None
+    gpus: float
+    gpu_ids: list[int]
+    gpu_uuids: list[str]
+    cpus: float | None
+    memory_bytes: int | None
+    command: list[str]
+    env: dict[str, str]
+    workdir: str | None
+    grace_seconds: float
+    attempt: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    exit_code: int | None
+    reason: str | None
+    deleted: bool
+
+
+class JobDetail(JobOut):
+    events: list[JobEventOut]
+
+
+class JobList(BaseModel):
+    jobs: list[JobOut]
+
+
+# ---------------------------------------------------------------- nodes
+
+
+class GpuInfo(BaseModel):
+    """One GPU as the agent found it. Identity is the UUID; index is NVML (PCI) order."""
+
+    index: int = Field(ge=0, lt=1024)
+    uuid: str = Field(min_length=1, max_length=128)
+    model: str = Field(max_length=256)
+    memory_bytes: int = Field(ge=0)
+    simulated: bool = False
+
+
+class NodeInventory(_Strict):
+    """What an agent tells the server about its machine when it registers."""
+
+    name: NodeName
+    hostname: str = Field(max_length=253)
+    cpu_cores: int = Field(ge=1, le=65536)
+    memory_bytes: int = Field(ge=0)
+    gpus: list[GpuInfo] = Field(default_factory=list, max_length=1024)
+    driver_version: str | None = Field(default=None, max_length=64)
+    cuda_version: str | None = Field(default=None, max_length=64)
+    simulated: bool = False
+    gpu_backend: str = Field(default="none", max_length=32, description="nvml | simulated | none")
+    agent_version: str = Field(default="", max_length=64)
+    runs_jobs_as: str = Field(
+        default="", max_length=64,
+        description="'mapped-user' when the agent is root, else the agent's own account",
+    )
+
+    @model_validator(mode="after")
+    def _unique_gpus(self) -> NodeInventory:
+        if len({g.index for g in self.gpus}) != len(self.gpus):
+            raise ValueError("gpus: two GPUs share an index")
+        if len({g.uuid for g in self.gpus}) != len(self.gpus):
+            raise ValueError("gpus: two GPUs share a UUID")
+        return self
+
+
+class NodeOut(BaseModel):
+    name: str
+    state: NodeState
+    hostname: str
+    cpu_cores: int
+    memory_bytes: int
+    gpus: int
+    gpus_allocated: int
+    gpu_devices: list[GpuInfo]
+    driver_version: str | None
+    cuda_version: str | None
+    simulated: bool
+    gpu_backend: str
+    agent_version: str
+    last_heartbeat: datetime | None
+    registered_at: datetime
+    jobs: list[str]
+    reason: str | None
+
+
+class NodeList(BaseModel):
+    nodes: list[NodeOut]
+
+
+# ---------------------------------------------------------------- agent protocol
+
+
+class RegisterResponse(BaseModel):
+    node: str
+    node_token: str
+    sync_wait_seconds: float
+
+
+class Assignment(BaseModel):
+    """One job the server wants a node to run (or, with ``stop``, to stop).
+
+    ``attempt`` fences stale bindings: an agent never starts a job with an attempt
+    lower than one it has already seen for the same job.
+    """
+
+    job_id: int
+    attempt: int
+    name: str
+    project: str
+    user: str
+    unix_user: str
+    kind: JobKind
+    state: JobState
+    command: list[str]
+    env: dict[str, str]
+    workdir: str | None
+    gpu_ids: list[int]
+    gpu_uuids: list[str]
+    cpus: float | None
+    memory_bytes: int | None
+    grace_seconds: float
+    stop: bool
+
+
+class JobReport(_Strict):
+    """What an agent says happened to a job.
+
+    - ``starting``: accepted, preparing; ``running``: process alive (``pid`` set);
+    - ``exited``: the process ended with ``exit_code`` (a signal N shows as 128+N);
+    - ``failed``: it could not be started at all; ``message`` says why.
+    """
+
+    job_id: int
+    attempt: int = Field(ge=1)
+    state: Literal["starting", "running", "exited", "failed"]
+    exit_code: int | None = None
+    pid: int | None = None
+    message: str | None = Field(default=None, max_length=4000)
+    at: datetime | None = None
+
+
+class SyncRequest(_Strict):
+    """An agent's heartbeat: reports since the last sync, and the generation it has seen.
+
+    The server answers at once when it has a newer desired state (or reports were
+    included), else holds the request up to ``wait_seconds`` (long poll).
+    """
+
+    generation_seen: int = Field(ge=0)
+    reports: list[JobReport] = Field(default_factory=list, max_length=10000)
+    wait_seconds: float = Field(default=0, ge=0, le=60)
+
+
+class SyncResponse(BaseModel):
+    generation: int
+    assignments: list[Assignment]
+    server_time: datetime
+
+
+class LogAck(BaseModel):
+    """The byte offset the server has stored up to for one job attempt's output."""
+
+    next_offset: int

@@ -1,0 +1,90 @@
+"""First placement policy: oldest job first, whole GPUs, best fit.
+
+Jobs are taken in submission order. A job that does not fit is skipped (with a reason)
+rather than blocking the queue, so small jobs behind a large one still start — the
+fair-share scheduler of issue 3 replaces this with quota-aware ordering. Among nodes
+where a job fits, the one with the fewest free GPUs wins (best fit), which keeps whole
+nodes free for large jobs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from corral.scheduler.model import Binding, Decisions, JobView, NodeView, Snapshot
+
+
+@dataclass
+class _Free:
+    """What is still free on one node during a cycle."""
+
+    node: NodeView
+    gpus: list[int]
+    cpus: float
+    memory_bytes: int
+
+
+def _free_capacity(snapshot: Snapshot) -> dict[str, _Free]:
+    free: dict[str, _Free] = {}
+    for node in snapshot.nodes:
+        free[node.name] = _Free(
+            node=node,
+            gpus=[d.index for d in node.devices if not d.busy_unmanaged],
+            cpus=float(node.cpu_cores),
+            memory_bytes=node.memory_bytes,
+        )
+    for job in snapshot.running:
+        slot = free.get(job.node or "")
+        if slot is None:
+            continue
+        slot.gpus = [g for g in slot.gpus if g not in job.gpu_ids]
+        slot.cpus -= job.cpus or 0.0
+        slot.memory_bytes -= job.memory_bytes or 0
+    return free
+
+
+def _fits(job: JobView, slot: _Free) -> bool:
+    return (
+        slot.node.schedulable
+        and len(slot.gpus) >= job.gpus
+        and (job.cpus is None or slot.cpus >= job.cpus)
+        and (job.memory_bytes is None or slot.memory_bytes >= job.memory_bytes)
+    )
+
+
+def _why_not(job: JobView, free: dict[str, _Free]) -> str:
+    ready = [s for s in free.values() if s.node.schedulable]
+    if not free:
+        return "no nodes have joined the cluster yet"
+    if not ready:
+        return "no node is ready (all are not ready, down or cordoned)"
+    biggest = max(ready, key=lambda s: len(s.gpus))
+    if len(biggest.gpus) < job.gpus:
+        return (
+            f"waiting for {job.gpus} free GPUs on one node "
+            f"(most free now: {len(biggest.gpus)} on {biggest.node.name})"
+        )
+    if job.cpus is not None and all(s.cpus < job.cpus for s in ready):
+        return f"waiting for {job.cpus:g} free CPU cores on one node"
+    return "waiting for a node with enough free memory"
+
+
+class FifoPolicy:
+    """Oldest first, skip what does not fit, best-fit node choice."""
+
+    def schedule(self, snapshot: Snapshot) -> Decisions:
+        decisions = Decisions()
+        free = _free_capacity(snapshot)
+        for job in sorted(snapshot.pending, key=lambda j: j.order):
+            candidates = [s for s in free.values() if _fits(job, s)]
+            if not candidates:
+                decisions.reasons[job.id] = _why_not(job, free)
+                continue
+            # Best fit: fewest free GPUs left after placing; ties by name for determinism.
+            slot = min(candidates, key=lambda s: (len(s.gpus) - job.gpus, s.node.name))
+            taken = tuple(sorted(slot.gpus)[: job.gpus])
+            slot.gpus = [g for g in slot.gpus if g not in taken]
+            slot.cpus -= job.cpus or 0.0
+            slot.memory_bytes -= job.memory_bytes or 0
+            decisions.bindings.append(Binding(job_id=job.id, node=slot.node.name, gpu_ids=taken))
+        return decisions

@@ -1,0 +1,53 @@
+"""The server's settings: one object, filled from flags and environment variables."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from corral.paths import DEFAULT_PORT, server_dir
+
+
+@dataclass
+class ServerSettings:
+    """Everything `corral server` can be told. Times are in seconds.
+
+    - ``data_dir``: SQLite database, job logs, admin-token and join-token files.
+    - ``database_url``: SQLAlchemy URL; default SQLite (WAL) in ``data_dir``;
+      ``postgresql+psycopg://user@host/db`` for PostgreSQL (env ``CORRAL_DATABASE_URL``).
+    - ``sync_wait``: how long an agent's sync request is held when nothing changed
+      (long poll); it is also the agent's heartbeat period.
+    - ``node_not_ready_after`` / ``node_down_after``: heartbeat silence before a node is
+      marked not ready (no new jobs) / down (its jobs are lost).
+    - ``default_grace``: SIGTERM→SIGKILL time for jobs that do not set their own.
+    - ``log_max_bytes``: per job attempt; output beyond it is dropped with a marker.
+    - ``scheduler_interval``: the scheduler runs at least this often, and at once
+      (after ``scheduler_debounce``) when a job is submitted or ends.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    data_dir: Path | None = None
+    database_url: str | None = None
+    sync_wait: float = 5.0
+    node_not_ready_after: float = 15.0
+    node_down_after: float = 60.0
+    default_grace: float = 10.0
+    log_max_bytes: int = 64 * 1024 * 1024
+    scheduler_interval: float = 2.0
+    scheduler_debounce: float = 0.02
+    health_interval: float = 1.0
+
+    def resolved_data_dir(self) -> Path:
+        return (self.data_dir or server_dir()).expanduser().resolve()
+
+    def resolved_database_url(self) -> str:
+        url = self.database_url or os.environ.get("CORRAL_DATABASE_URL")
+        if url:
+            return url
+        return f"sqlite:///{self.resolved_data_dir() / 'corral.db'}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
