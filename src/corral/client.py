@@ -49,7 +49,9 @@ class ApiClient:
         if token:
             headers["Authorization"] = f"Bearer {token}"
         self._http = httpx.Client(
-            base_url=self.server + API_PREFIX, headers=headers, timeout=timeout,
+            base_url=self.server + API_PREFIX,
+            headers=headers,
+            timeout=timeout,
             transport=transport,
         )
 
@@ -113,9 +115,12 @@ class ApiClient:
         """Stream a response body (used by ``corral logs -f``)."""
         try:
             with self._http.stream(
-                "GET", path, params=params,
-                timeout=httpx.Timeout(timeout) if timeout is not None else httpx.Timeout(
-                    30.0, read=None),
+                "GET",
+                path,
+                params=params,
+                timeout=httpx.Timeout(timeout)
+                if timeout is not None
+                else httpx.Timeout(30.0, read=None),
             ) as response:
                 if response.status_code >= 400:
                     response.read()

@@ -81,6 +81,14 @@ class Unavailable(CorralError):
 
 ERRORS_BY_CODE: dict[str, type[CorralError]] = {
     cls.code: cls
-    for cls in (InvalidRequest, NotFound, AlreadyExists, Conflict, Unauthorized, Forbidden,
-                PayloadTooLarge, Unavailable)
+    for cls in (
+        InvalidRequest,
+        NotFound,
+        AlreadyExists,
+        Conflict,
+        Unauthorized,
+        Forbidden,
+        PayloadTooLarge,
+        Unavailable,
+    )
 }

@@ -153,7 +153,9 @@ class JobSubmit(_Strict):
     env: dict[str, str] = Field(default_factory=dict, max_length=MAX_ENV_VARS)
     workdir: str | None = Field(default=None, min_length=1, max_length=MAX_PATH_CHARS)
     grace_seconds: float | None = Field(
-        default=None, ge=0, le=MAX_GRACE_SECONDS,
+        default=None,
+        ge=0,
+        le=MAX_GRACE_SECONDS,
         description="Time between SIGTERM and SIGKILL when the job is stopped.",
     )
 
@@ -270,7 +272,8 @@ class NodeInventory(_Strict):
     gpu_backend: str = Field(default="none", max_length=32, description="nvml | simulated | none")
     agent_version: str = Field(default="", max_length=64)
     runs_jobs_as: str = Field(
-        default="", max_length=64,
+        default="",
+        max_length=64,
         description="'mapped-user' when the agent is root, else the agent's own account",
     )
 

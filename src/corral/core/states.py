@@ -71,16 +71,28 @@ _DEVICE_HOLDING_JOB_STATES = frozenset(
 _JOB_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.PENDING: frozenset({JobState.BOUND, JobState.STOPPED}),
     JobState.BOUND: frozenset(
-        {JobState.STARTING, JobState.RUNNING, JobState.STOPPING, JobState.SUCCEEDED,
-         JobState.FAILED, JobState.LOST, JobState.PREEMPTED}
+        {
+            JobState.STARTING,
+            JobState.RUNNING,
+            JobState.STOPPING,
+            JobState.SUCCEEDED,
+            JobState.FAILED,
+            JobState.LOST,
+            JobState.PREEMPTED,
+        }
     ),
     JobState.STARTING: frozenset(
-        {JobState.RUNNING, JobState.STOPPING, JobState.SUCCEEDED, JobState.FAILED,
-         JobState.LOST, JobState.PREEMPTED}
+        {
+            JobState.RUNNING,
+            JobState.STOPPING,
+            JobState.SUCCEEDED,
+            JobState.FAILED,
+            JobState.LOST,
+            JobState.PREEMPTED,
+        }
     ),
     JobState.RUNNING: frozenset(
-        {JobState.STOPPING, JobState.SUCCEEDED, JobState.FAILED, JobState.LOST,
-         JobState.PREEMPTED}
+        {JobState.STOPPING, JobState.SUCCEEDED, JobState.FAILED, JobState.LOST, JobState.PREEMPTED}
     ),
     JobState.STOPPING: frozenset({JobState.STOPPED, JobState.LOST, JobState.PREEMPTED}),
     JobState.PREEMPTED: frozenset({JobState.PENDING, JobState.STOPPED}),

@@ -1,0 +1,98 @@
+"""Who am I, users and their tokens, projects and members, join tokens."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from fastapi import APIRouter
+
+from corral.core import schemas
+from corral.server.api.deps import CallerDep, CtxDep
+from corral.server.services import accounts
+from corral.server.services.auth import create_join_token
+
+router = APIRouter()
+
+
+@router.get("/whoami", response_model=schemas.WhoAmI, tags=["users"])
+def whoami(ctx: CtxDep, caller: CallerDep) -> schemas.WhoAmI:
+    with ctx.db.tx() as s:
+        return schemas.WhoAmI(
+            name=caller.name, role=caller.role, projects=accounts.project_names_of(s, caller.id)
+        )
+
+
+@router.post("/users", response_model=schemas.UserOut, status_code=201, tags=["users"])
+def create_user(ctx: CtxDep, caller: CallerDep, body: schemas.UserCreate) -> schemas.UserOut:
+    with ctx.db.tx() as s:
+        user = accounts.create_user(s, caller, body, ctx.clock.now())
+        return accounts.user_out(s, user)
+
+
+@router.get("/users", tags=["users"])
+def list_users(ctx: CtxDep, caller: CallerDep) -> dict[str, list[schemas.UserOut]]:
+    with ctx.db.tx() as s:
+        return {"users": accounts.list_users(s, caller)}
+
+
+@router.post(
+    "/users/{name}/tokens", response_model=schemas.TokenOut, status_code=201, tags=["users"]
+)
+def create_token(
+    ctx: CtxDep, caller: CallerDep, name: str, body: schemas.TokenCreate
+) -> schemas.TokenOut:
+    now = ctx.clock.now()
+    with ctx.db.tx() as s:
+        user, token = accounts.create_token(s, caller, name, body.description, now)
+        return schemas.TokenOut(
+            user=user.name, token=token, description=body.description, created_at=now
+        )
+
+
+@router.post("/projects", response_model=schemas.ProjectOut, status_code=201, tags=["projects"])
+def create_project(
+    ctx: CtxDep, caller: CallerDep, body: schemas.ProjectCreate
+) -> schemas.ProjectOut:
+    with ctx.db.tx() as s:
+        return accounts.project_out(s, accounts.create_project(s, caller, body, ctx.clock.now()))
+
+
+@router.get("/projects", tags=["projects"])
+def list_projects(ctx: CtxDep, caller: CallerDep) -> dict[str, list[schemas.ProjectOut]]:
+    with ctx.db.tx() as s:
+        return {"projects": accounts.list_projects(s)}
+
+
+@router.get("/projects/{name}", response_model=schemas.ProjectOut, tags=["projects"])
+def get_project(ctx: CtxDep, caller: CallerDep, name: str) -> schemas.ProjectOut:
+    with ctx.db.tx() as s:
+        return accounts.project_out(s, accounts.get_project(s, name))
+
+
+@router.post("/projects/{name}/members", response_model=schemas.ProjectOut, tags=["projects"])
+def add_member(
+    ctx: CtxDep, caller: CallerDep, name: str, body: schemas.ProjectMemberAdd
+) -> schemas.ProjectOut:
+    with ctx.db.tx() as s:
+        return accounts.project_out(s, accounts.add_member(s, caller, name, body.user))
+
+
+@router.delete(
+    "/projects/{name}/members/{user}", response_model=schemas.ProjectOut, tags=["projects"]
+)
+def remove_member(ctx: CtxDep, caller: CallerDep, name: str, user: str) -> schemas.ProjectOut:
+    with ctx.db.tx() as s:
+        return accounts.project_out(s, accounts.remove_member(s, caller, name, user))
+
+
+@router.post("/join-tokens", response_model=schemas.JoinTokenOut, status_code=201, tags=["nodes"])
+def create_join(
+    ctx: CtxDep, caller: CallerDep, body: schemas.JoinTokenCreate | None = None
+) -> schemas.JoinTokenOut:
+    accounts.require_admin(caller)
+    now = ctx.clock.now()
+    ttl = body.ttl_seconds if body else None
+    expires = now + timedelta(seconds=ttl) if ttl else None
+    with ctx.db.tx() as s:
+        token = create_join_token(s, now, expires)
+    return schemas.JoinTokenOut(token=token, created_at=now, expires_at=expires)

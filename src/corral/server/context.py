@@ -1,0 +1,35 @@
+"""What every service needs, in one object: settings, database, clock, signals, logs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from corral.core.clock import Clock, SystemClock
+from corral.server.logstore import LogStore
+from corral.server.settings import ServerSettings
+from corral.server.signals import Signals
+from corral.store.db import Database
+
+
+@dataclass
+class ServerContext:
+    settings: ServerSettings
+    db: Database
+    logs: LogStore
+    clock: Clock = field(default_factory=SystemClock)
+    signals: Signals = field(default_factory=Signals)
+    started_at: datetime | None = None
+
+    @classmethod
+    def create(cls, settings: ServerSettings, clock: Clock | None = None) -> ServerContext:
+        data_dir = settings.resolved_data_dir()
+        data_dir.mkdir(parents=True, exist_ok=True)
+        clock = clock or SystemClock()
+        return cls(
+            settings=settings,
+            db=Database(settings.resolved_database_url()),
+            logs=LogStore(data_dir / "logs", settings.log_max_bytes),
+            clock=clock,
+            started_at=clock.now(),
+        )

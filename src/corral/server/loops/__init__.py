@@ -1,0 +1,1 @@
+"""Background loops of the server (scheduler tick, node liveness)."""

@@ -1,0 +1,68 @@
+"""The scheduler loop and the node liveness loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from corral.scheduler import FifoPolicy, Policy
+from corral.server.context import ServerContext
+from corral.server.loops.base import LoopService
+from corral.server.services import nodes as node_service
+from corral.server.services.scheduling import run_cycle
+
+log = logging.getLogger("corral.server")
+
+
+class SchedulerLoop(LoopService):
+    """Runs a scheduling cycle every interval, and at once when woken."""
+
+    name = "scheduler"
+
+    def __init__(self, ctx: ServerContext, policy: Policy | None = None) -> None:
+        super().__init__(
+            ctx.settings.scheduler_interval,
+            ctx.signals.scheduler_wakeup,
+            ctx.settings.scheduler_debounce,
+        )
+        self.ctx = ctx
+        self.policy = policy or FifoPolicy()
+
+    def cycle(self) -> None:
+        with self.ctx.db.tx() as s:
+            result = run_cycle(s, self.policy, self.ctx.clock.now())
+        if result.changed_nodes:
+            self.ctx.signals.nodes_changed(result.changed_nodes)
+            log.debug("scheduler: bound %d job(s), %d pending", result.bound, result.pending)
+
+    async def run_once(self) -> None:
+        await asyncio.to_thread(self.cycle)
+
+
+class NodeHealthLoop(LoopService):
+    """Marks nodes not_ready / down when their heartbeats stop."""
+
+    name = "node-health"
+
+    def __init__(self, ctx: ServerContext) -> None:
+        super().__init__(ctx.settings.health_interval)
+        self.ctx = ctx
+
+    def check(self) -> None:
+        settings = self.ctx.settings
+        now = self.ctx.clock.now()
+        with self.ctx.db.tx() as s:
+            freed, changed = node_service.check_liveness(
+                s,
+                now,
+                not_ready_after=settings.node_not_ready_after,
+                down_after=settings.node_down_after,
+                server_started_at=self.ctx.started_at or now,
+            )
+        if changed:
+            self.ctx.signals.nodes_changed(changed)
+        if freed:
+            self.ctx.signals.wake_scheduler()
+
+    async def run_once(self) -> None:
+        await asyncio.to_thread(self.check)

@@ -1,0 +1,67 @@
+"""Tokens: made with `secrets`, stored as SHA-256, compared by hash lookup.
+
+Prefixes tell a token's kind at a glance (and in leaked-secret scanners):
+``crl_`` user API tokens, ``crn_`` node tokens, ``crj_`` join tokens.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from corral.core.errors import Unauthorized
+from corral.store.models import ApiToken, JoinToken, Node, User
+
+USER_PREFIX = "crl_"
+NODE_PREFIX = "crn_"
+JOIN_PREFIX = "crj_"
+
+
+def new_secret(prefix: str) -> str:
+    return prefix + secrets.token_urlsafe(32)
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def create_user_token(session: Session, user: User, now: datetime, description: str = "") -> str:
+    token = new_secret(USER_PREFIX)
+    session.add(
+        ApiToken(
+            user_id=user.id, token_hash=hash_token(token), description=description, created_at=now
+        )
+    )
+    return token
+
+
+def create_join_token(session: Session, now: datetime, expires_at: datetime | None) -> str:
+    token = new_secret(JOIN_PREFIX)
+    session.add(JoinToken(token_hash=hash_token(token), created_at=now, expires_at=expires_at))
+    return token
+
+
+def user_for_token(session: Session, token: str) -> User:
+    row = session.scalar(select(ApiToken).where(ApiToken.token_hash == hash_token(token)))
+    if row is None:
+        raise Unauthorized("the token is not valid (expired, revoked or mistyped)")
+    return row.user
+
+
+def node_for_token(session: Session, token: str) -> Node:
+    node = session.scalar(select(Node).where(Node.token_hash == hash_token(token)))
+    if node is None:
+        raise Unauthorized("the node token is not valid: re-join the node with a join token")
+    return node
+
+
+def check_join_token(session: Session, token: str, now: datetime) -> None:
+    row = session.scalar(select(JoinToken).where(JoinToken.token_hash == hash_token(token)))
+    if row is None:
+        raise Unauthorized("the join token is not valid: make one with `corral join-token`")
+    if row.expires_at is not None and row.expires_at <= now:
+        raise Unauthorized("the join token has expired: make a new one with `corral join-token`")

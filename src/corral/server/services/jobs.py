@@ -1,0 +1,252 @@
+"""Jobs: submit, look up, delete, and every state change (always with its event)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from corral.core import schemas
+from corral.core.errors import AlreadyExists, Conflict, Forbidden, InvalidRequest, NotFound
+from corral.core.states import JobKind, JobState
+from corral.server.services.accounts import Caller, can_use_project, get_project
+from corral.store.models import GpuAllocation, Job, JobEvent, Node, Project, User
+
+
+def record_event(
+    session: Session, job: Job, type_: str, message: str, now: datetime, actor: str | None = None
+) -> None:
+    session.add(JobEvent(job_id=job.id, at=now, type=type_, message=message, actor=actor))
+
+
+def change_state(
+    session: Session,
+    job: Job,
+    new: JobState,
+    now: datetime,
+    message: str,
+    *,
+    actor: str | None = None,
+    reason: str | None = None,
+) -> None:
+    """Move ``job`` to ``new`` (checked against the state machine) and record the event.
+
+    Leaving a device-holding state releases the job's GPUs in the same transaction.
+    """
+    old = JobState(job.state)
+    if not old.can_become(new):
+        raise Conflict(f"job {job.name!r} cannot go from {old} to {new}")
+    job.state = new.value
+    job.reason = reason
+    if old.holds_devices and not new.holds_devices:
+        session.execute(delete(GpuAllocation).where(GpuAllocation.job_id == job.id))
+    if new.is_terminal:
+        job.finished_at = now
+    record_event(session, job, new.value, message, now, actor)
+
+
+def _check_fits_somewhere(session: Session, req: schemas.JobSubmit) -> None:
+    """Refuse requests that no node of the cluster could ever satisfy."""
+    nodes = list(session.scalars(select(Node)))
+    if not nodes:
+        return  # nodes may join later; the job waits with a reason
+    if req.gpus > 0:
+        most = max(nodes, key=lambda n: len(n.gpus))
+        if req.gpus > len(most.gpus):
+            raise InvalidRequest(
+                f"gpus: the job asks for {req.gpus:g} GPUs but the largest node has "
+                f"{len(most.gpus)} ({most.name}); a job runs on one node",
+                field="gpus",
+            )
+    if req.cpus is not None:
+        most = max(nodes, key=lambda n: n.cpu_cores)
+        if req.cpus > most.cpu_cores:
+            raise InvalidRequest(
+                f"cpus: the job asks for {req.cpus:g} CPU cores but the largest node has "
+                f"{most.cpu_cores} ({most.name})",
+                field="cpus",
+            )
+    if req.memory_bytes is not None:
+        most = max(nodes, key=lambda n: n.memory_bytes)
+        if req.memory_bytes > most.memory_bytes:
+            raise InvalidRequest(
+                f"memory: the job asks for more memory than any node has "
+                f"(largest: {most.memory_bytes // 1024**3} GiB on {most.name})",
+                field="memory_bytes",
+            )
+
+
+def submit(
+    session: Session, caller: Caller, req: schemas.JobSubmit, now: datetime, default_grace: float
+) -> Job:
+    project = get_project(session, req.project)
+    if not can_use_project(session, caller, project):
+        raise Forbidden(
+            f"you are not a member of project {project.name!r} (an admin can add you with "
+            f"`corral project add-member {project.name} {caller.name}`)",
+            field="project",
+        )
+    live = session.scalar(
+        select(Job.id).where(
+            Job.project_id == project.id, Job.name == req.name, Job.deleted.is_(False)
+        )
+    )
+    if live is not None:
+        raise AlreadyExists(
+            f"job {req.name!r} already exists in project {project.name!r}: delete it first "
+            "or choose another name",
+            field="name",
+        )
+    _check_fits_somewhere(session, req)
+    job = Job(
+        name=req.name,
+        project_id=project.id,
+        user_id=caller.id,
+        kind=req.kind.value,
+        state=JobState.PENDING.value,
+        reason="waiting for the scheduler",
+        gpus=req.gpus,
+        cpus=req.cpus,
+        memory_bytes=req.memory_bytes,
+        command=list(req.command),
+        env=dict(req.env),
+        workdir=req.workdir,
+        grace_seconds=req.grace_seconds if req.grace_seconds is not None else default_grace,
+        attempt=0,
+        gpu_ids=[],
+        created_at=now,
+        deleted=False,
+    )
+    session.add(job)
+    session.flush()
+    record_event(session, job, "submitted", f"submitted by {caller.name}", now, caller.name)
+    return job
+
+
+def find_job(session: Session, project_name: str, name: str) -> Job:
+    """The live job ``name`` of a project, or else the newest deleted one of that name."""
+    project = get_project(session, project_name)
+    job = session.scalar(
+        select(Job)
+        .where(Job.project_id == project.id, Job.name == name)
+        .order_by(Job.deleted, Job.id.desc())
+        .limit(1)
+    )
+    if job is None:
+        raise NotFound(f"job {name!r} not found in project {project_name!r}")
+    return job
+
+
+def list_jobs(
+    session: Session,
+    *,
+    project: str | None = None,
+    user: str | None = None,
+    state: str | None = None,
+    name: str | None = None,
+    include_deleted: bool = False,
+    limit: int = 5000,
+) -> list[Job]:
+    query = select(Job).join(Job.project).join(Job.user)
+    if project:
+        query = query.where(Project.name == project)
+    if user:
+        query = query.where(User.name == user)
+    if state:
+        try:
+            query = query.where(Job.state == JobState(state).value)
+        except ValueError:
+            raise InvalidRequest(
+                f"state: {state!r} is not a job state ({', '.join(s.value for s in JobState)})",
+                field="state",
+            ) from None
+    if name:
+        query = query.where(Job.name == name)
+    if not include_deleted:
+        query = query.where(Job.deleted.is_(False))
+    return list(session.scalars(query.order_by(Job.id).limit(limit)))
+
+
+def delete_job(session: Session, caller: Caller, job: Job, now: datetime) -> set[int]:
+    """Delete ``job``: stop it if it is active. Returns the ids of nodes to notify."""
+    if not (caller.is_admin or caller.id == job.user_id):
+        raise Forbidden(f"only {job.user.name} or an admin may delete job {job.name!r}")
+    if job.deleted:
+        raise NotFound(f"job {job.name!r} is already deleted")
+    job.deleted = True
+    state = JobState(job.state)
+    message = f"deleted by {caller.name}"
+    if state is JobState.PENDING:
+        change_state(
+            session, job, JobState.STOPPED, now, message, actor=caller.name, reason=message
+        )
+        return set()
+    if state.holds_devices and state is not JobState.STOPPING:
+        change_state(
+            session,
+            job,
+            JobState.STOPPING,
+            now,
+            f"{message}: stopping (SIGTERM, then SIGKILL after {job.grace_seconds:g}s)",
+            actor=caller.name,
+            reason=message,
+        )
+        return _bump_generation(session, job)
+    record_event(session, job, "deleted", message, now, caller.name)
+    return set()
+
+
+def _bump_generation(session: Session, job: Job) -> set[int]:
+    if job.node_id is None:
+        return set()
+    node = session.get(Node, job.node_id)
+    assert node is not None
+    node.generation += 1
+    return {node.id}
+
+
+def job_out(job: Job) -> schemas.JobOut:
+    node = job.node
+    uuids: list[str] = []
+    if node is not None and job.gpu_ids:
+        by_index = {g.index: g.uuid for g in node.gpus}
+        uuids = [by_index.get(i, "") for i in job.gpu_ids]
+    return schemas.JobOut(
+        id=job.id,
+        name=job.name,
+        project=job.project.name,
+        user=job.user.name,
+        kind=JobKind(job.kind),
+        state=JobState(job.state),
+        node=node.name if node else None,
+        gpus=job.gpus,
+        gpu_ids=list(job.gpu_ids or []),
+        gpu_uuids=uuids,
+        cpus=job.cpus,
+        memory_bytes=job.memory_bytes,
+        command=list(job.command),
+        env=dict(job.env),
+        workdir=job.workdir,
+        grace_seconds=job.grace_seconds,
+        attempt=job.attempt,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        exit_code=job.exit_code,
+        reason=job.reason,
+        deleted=job.deleted,
+    )
+
+
+def job_detail(session: Session, job: Job) -> schemas.JobDetail:
+    events = session.scalars(
+        select(JobEvent).where(JobEvent.job_id == job.id).order_by(JobEvent.id)
+    )
+    return schemas.JobDetail(
+        **job_out(job).model_dump(),
+        events=[
+            schemas.JobEventOut(at=e.at, type=e.type, message=e.message, actor=e.actor)
+            for e in events
+        ],
+    )

@@ -1,0 +1,308 @@
+"""Nodes: registration, heartbeats and reports from agents, desired state, liveness."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from corral.core import schemas
+from corral.core.errors import Forbidden, NotFound
+from corral.core.states import JobKind, JobState, NodeState
+from corral.server.services.auth import NODE_PREFIX, hash_token, new_secret
+from corral.server.services.jobs import change_state
+from corral.store.models import Gpu, GpuAllocation, Job, Node, NodeEvent
+
+HOLDING_STATES = [s.value for s in JobState if s.holds_devices]
+
+
+def node_event(session: Session, node: Node, type_: str, message: str, now: datetime) -> None:
+    session.add(NodeEvent(node_id=node.id, at=now, type=type_, message=message))
+
+
+def set_node_state(
+    session: Session, node: Node, new: NodeState, now: datetime, message: str
+) -> None:
+    if node.state == new.value:
+        return
+    node.state = new.value
+    node.state_changed_at = now
+    node.reason = None if new is NodeState.READY else message
+    node_event(session, node, new.value, message, now)
+
+
+def register(
+    session: Session, inv: schemas.NodeInventory, now: datetime, *, node_token_of: Node | None
+) -> tuple[Node, str]:
+    """Record a node's inventory; return it with a fresh node token.
+
+    ``node_token_of`` is the node that authenticated with its own token (a re-register
+    without a join token); such a node may only register under its own name.
+    """
+    node = session.scalar(select(Node).where(Node.name == inv.name))
+    if node_token_of is not None and (node is None or node.id != node_token_of.id):
+        raise Forbidden("a node token may only re-register its own node")
+    token = new_secret(NODE_PREFIX)
+    if node is None:
+        node = Node(
+            name=inv.name,
+            state=NodeState.REGISTERING.value,
+            registered_at=now,
+            state_changed_at=now,
+            generation=1,
+            token_hash=hash_token(token),
+        )
+        session.add(node)
+    node.token_hash = hash_token(token)
+    node.hostname = inv.hostname
+    node.cpu_cores = inv.cpu_cores
+    node.memory_bytes = inv.memory_bytes
+    node.driver_version = inv.driver_version
+    node.cuda_version = inv.cuda_version
+    node.simulated = inv.simulated
+    node.gpu_backend = inv.gpu_backend
+    node.agent_version = inv.agent_version
+    node.runs_jobs_as = inv.runs_jobs_as
+    node.last_heartbeat = now
+    node.generation = (node.generation or 0) + 1
+    # GPUs are replaced by what the agent found now; allocations refer to indices, which
+    # stay valid as long as the GPU at an index keeps its UUID (checked below).
+    old = {g.index: g for g in node.gpus}
+    node.gpus = [
+        Gpu(
+            index=g.index,
+            uuid=g.uuid,
+            model=g.model,
+            memory_bytes=g.memory_bytes,
+            simulated=g.simulated,
+        )
+        for g in inv.gpus
+    ]
+    session.flush()
+    changed = [
+        i
+        for i, g in old.items()
+        if i not in {x.index for x in inv.gpus}
+        or next(x for x in inv.gpus if x.index == i).uuid != g.uuid
+    ]
+    if changed:
+        node_event(session, node, "inventory", f"GPUs changed at indices {changed}", now)
+    kind = "simulated " if inv.simulated else ""
+    set_node_state(
+        session, node, NodeState.READY, now, f"registered with {len(inv.gpus)} {kind}GPUs"
+    )
+    node_event(
+        session,
+        node,
+        "registered",
+        f"agent {inv.agent_version} registered ({len(inv.gpus)} {kind}GPUs, "
+        f"backend {inv.gpu_backend})",
+        now,
+    )
+    return node, token
+
+
+def apply_reports(
+    session: Session, node: Node, reports: list[schemas.JobReport], now: datetime
+) -> bool:
+    """Apply an agent's job reports. Returns True when a job ended (devices were freed).
+
+    Reports for another node or an older attempt are stale (the job was rebound since)
+    and ignored; repeated reports are harmless because the state machine only moves
+    forwards.
+    """
+    freed = False
+    for report in reports:
+        job = session.get(Job, report.job_id)
+        if job is None or job.node_id != node.id or job.attempt != report.attempt:
+            continue
+        state = JobState(job.state)
+        at = report.at or now
+        if report.state == "starting" and state is JobState.BOUND:
+            change_state(session, job, JobState.STARTING, at, f"starting on {node.name}")
+        elif report.state == "running" and state in (JobState.BOUND, JobState.STARTING):
+            job.pid = report.pid
+            job.started_at = at
+            change_state(
+                session, job, JobState.RUNNING, at, f"running on {node.name} (pid {report.pid})"
+            )
+        elif report.state == "running" and state is JobState.STOPPING and job.started_at is None:
+            job.pid, job.started_at = report.pid, at
+        elif report.state in ("exited", "failed") and state.holds_devices:
+            freed = True
+            _finish(session, job, report, node, at)
+    return freed
+
+
+def _finish(
+    session: Session, job: Job, report: schemas.JobReport, node: Node, at: datetime
+) -> None:
+    job.exit_code = report.exit_code
+    detail = f": {report.message}" if report.message else ""
+    if report.state == "failed":
+        change_state(
+            session,
+            job,
+            JobState.FAILED,
+            at,
+            f"could not start on {node.name}{detail}",
+            reason=f"could not start{detail}",
+        )
+    elif JobState(job.state) is JobState.STOPPING:
+        code = "unknown" if report.exit_code is None else str(report.exit_code)
+        change_state(
+            session,
+            job,
+            JobState.STOPPED,
+            at,
+            f"stopped on {node.name} (exit code {code}){detail}",
+            reason=job.reason,
+        )
+    elif report.exit_code == 0:
+        change_state(session, job, JobState.SUCCEEDED, at, f"exited with code 0 on {node.name}")
+    elif report.exit_code is None:
+        change_state(
+            session,
+            job,
+            JobState.FAILED,
+            at,
+            f"ended on {node.name}{detail}",
+            reason=f"exit code unknown{detail}",
+        )
+    else:
+        change_state(
+            session,
+            job,
+            JobState.FAILED,
+            at,
+            f"exited with code {report.exit_code} on {node.name}{detail}",
+            reason=f"exited with code {report.exit_code}",
+        )
+
+
+def heartbeat(session: Session, node: Node, now: datetime) -> None:
+    node.last_heartbeat = now
+    if node.state in (NodeState.NOT_READY.value, NodeState.DOWN.value, NodeState.REGISTERING.value):
+        set_node_state(session, node, NodeState.READY, now, "heartbeats resumed")
+
+
+def desired_state(session: Session, node: Node, now: datetime) -> schemas.SyncResponse:
+    jobs = session.scalars(
+        select(Job).where(Job.node_id == node.id, Job.state.in_(HOLDING_STATES)).order_by(Job.id)
+    )
+    uuids = {g.index: g.uuid for g in node.gpus}
+    assignments = [
+        schemas.Assignment(
+            job_id=j.id,
+            attempt=j.attempt,
+            name=j.name,
+            project=j.project.name,
+            user=j.user.name,
+            unix_user=j.user.unix_user,
+            kind=JobKind(j.kind),
+            state=JobState(j.state),
+            command=list(j.command),
+            env=dict(j.env),
+            workdir=j.workdir,
+            gpu_ids=list(j.gpu_ids),
+            gpu_uuids=[uuids[i] for i in j.gpu_ids],
+            cpus=j.cpus,
+            memory_bytes=j.memory_bytes,
+            grace_seconds=j.grace_seconds,
+            stop=j.state == JobState.STOPPING.value,
+        )
+        for j in jobs
+    ]
+    return schemas.SyncResponse(
+        generation=node.generation, assignments=assignments, server_time=now
+    )
+
+
+def check_liveness(
+    session: Session,
+    now: datetime,
+    *,
+    not_ready_after: float,
+    down_after: float,
+    server_started_at: datetime,
+) -> tuple[bool, set[int]]:
+    """Mark late nodes not_ready and silent ones down (their jobs become lost).
+
+    Silence is measured from the later of the last heartbeat and the server's start, so
+    a server restart does not declare every node down for the time it was itself away.
+    Returns (whether devices were freed, ids of nodes whose desired state changed).
+    """
+    freed = False
+    changed: set[int] = set()
+    for node in session.scalars(select(Node).where(Node.state != NodeState.DOWN.value)):
+        seen = max(node.last_heartbeat or node.registered_at, server_started_at)
+        silent = (now - seen).total_seconds()
+        last = node.last_heartbeat.isoformat(timespec="seconds") if node.last_heartbeat else "never"
+        if silent >= down_after:
+            set_node_state(
+                session, node, NodeState.DOWN, now, f"no heartbeat for {silent:.0f}s (last {last})"
+            )
+            for job in session.scalars(
+                select(Job).where(Job.node_id == node.id, Job.state.in_(HOLDING_STATES))
+            ):
+                reason = f"node {node.name} stopped reporting (last heartbeat {last})"
+                change_state(session, job, JobState.LOST, now, reason, reason=reason)
+                freed = True
+            node.generation += 1
+            changed.add(node.id)
+        elif silent >= not_ready_after and node.state == NodeState.READY.value:
+            set_node_state(
+                session,
+                node,
+                NodeState.NOT_READY,
+                now,
+                f"heartbeats late: none for {silent:.0f}s (last {last})",
+            )
+    return freed, changed
+
+
+def node_out(session: Session, node: Node) -> schemas.NodeOut:
+    allocated = session.scalars(
+        select(GpuAllocation.gpu_index).where(GpuAllocation.node_id == node.id)
+    )
+    jobs = session.scalars(
+        select(Job.name)
+        .where(Job.node_id == node.id, Job.state.in_(HOLDING_STATES))
+        .order_by(Job.id)
+    )
+    return schemas.NodeOut(
+        name=node.name,
+        state=NodeState(node.state),
+        hostname=node.hostname,
+        cpu_cores=node.cpu_cores,
+        memory_bytes=node.memory_bytes,
+        gpus=len(node.gpus),
+        gpus_allocated=len(list(allocated)),
+        gpu_devices=[
+            schemas.GpuInfo(
+                index=g.index,
+                uuid=g.uuid,
+                model=g.model,
+                memory_bytes=g.memory_bytes,
+                simulated=g.simulated,
+            )
+            for g in node.gpus
+        ],
+        driver_version=node.driver_version,
+        cuda_version=node.cuda_version,
+        simulated=node.simulated,
+        gpu_backend=node.gpu_backend,
+        agent_version=node.agent_version,
+        last_heartbeat=node.last_heartbeat,
+        registered_at=node.registered_at,
+        jobs=list(jobs),
+        reason=node.reason,
+    )
+
+
+def get_node(session: Session, name: str) -> Node:
+    node = session.scalar(select(Node).where(Node.name == name))
+    if node is None:
+        raise NotFound(f"node {name!r} not found")
+    return node

@@ -1,0 +1,49 @@
+"""Wake-ups between the request threads and the server's asyncio loops.
+
+Services run in worker threads; the scheduler loop and the agents' long polls wait on
+asyncio events in the server's event loop. `Signals` bridges the two with
+``call_soon_threadsafe`` so a job submitted in a thread wakes the scheduler at once,
+and a binding wakes the long poll of exactly the node it concerns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+
+
+class Signals:
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.scheduler_wakeup = asyncio.Event()
+        self._node_events: dict[int, asyncio.Event] = {}
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Bind to the event loop the waiters run in (called once at server start)."""
+        self._loop = loop
+
+    def _call(self, fn: object) -> None:
+        if self._loop is None or self._loop.is_closed():
+            return
+        self._loop.call_soon_threadsafe(fn)  # type: ignore[arg-type]
+
+    def wake_scheduler(self) -> None:
+        """Ask for a scheduling cycle soon (a job arrived, ended or a node changed)."""
+        self._call(self.scheduler_wakeup.set)
+
+    def node_event(self, node_id: int) -> asyncio.Event:
+        """The event a long poll of ``node_id`` waits on. Take it BEFORE reading state."""
+        event = self._node_events.get(node_id)
+        if event is None:
+            event = self._node_events[node_id] = asyncio.Event()
+        return event
+
+    def nodes_changed(self, node_ids: Iterable[int]) -> None:
+        """Wake the long polls of these nodes: their desired state changed."""
+        for node_id in set(node_ids):
+            self._call(lambda n=node_id: self._fire(n))
+
+    def _fire(self, node_id: int) -> None:
+        event = self._node_events.pop(node_id, None)
+        if event is not None:
+            event.set()

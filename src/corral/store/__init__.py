@@ -1,0 +1,1 @@
+"""Persistent state: SQLAlchemy models, the engine, and Alembic migrations."""
