@@ -39,8 +39,9 @@ RESERVED_ENV_KEYS = frozenset(
     {"CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER"}
 )
 
-Name = Annotated[str, Field(pattern=NAME_RE.pattern, min_length=1, max_length=63)]
-NodeName = Annotated[str, Field(pattern=NODE_NAME_RE.pattern, min_length=1, max_length=253)]
+# The patterns bound the length too (1-63, 1-253), so a bad name always gets the same message.
+Name = Annotated[str, Field(pattern=NAME_RE.pattern)]
+NodeName = Annotated[str, Field(pattern=NODE_NAME_RE.pattern)]
 
 
 class _Strict(BaseModel):

@@ -144,15 +144,15 @@ def project_out(session: Session, project: Project) -> schemas.ProjectOut:
         .where(ProjectMember.project_id == project.id)
         .order_by(User.name)
     )
-    counts = dict(
-        session.execute(
+    active = [s.value for s in ACTIVE_JOB_STATES]
+    counts: dict[str, int] = {
+        state: n
+        for state, n in session.execute(
             select(Job.state, func.count())
-            .where(
-                Job.project_id == project.id, Job.state.in_([s.value for s in ACTIVE_JOB_STATES])
-            )
+            .where(Job.project_id == project.id, Job.state.in_(active))
             .group_by(Job.state)
-        ).tuples()
-    )
+        )
+    }
     allocated = session.scalar(
         select(func.coalesce(func.sum(Job.gpus), 0)).where(
             Job.project_id == project.id,

@@ -66,26 +66,27 @@ def register(
     node.runs_jobs_as = inv.runs_jobs_as
     node.last_heartbeat = now
     node.generation = (node.generation or 0) + 1
-    # GPUs are replaced by what the agent found now; allocations refer to indices, which
-    # stay valid as long as the GPU at an index keeps its UUID (checked below).
-    old = {g.index: g for g in node.gpus}
-    node.gpus = [
-        Gpu(
-            index=g.index,
-            uuid=g.uuid,
-            model=g.model,
-            memory_bytes=g.memory_bytes,
-            simulated=g.simulated,
-        )
-        for g in inv.gpus
-    ]
+    # Update GPU rows in place (by index): allocations refer to indices, and deleting
+    # then re-inserting the same (node, index) would trip the unique constraint.
+    found = {g.index: g for g in inv.gpus}
+    changed = []
+    for row in list(node.gpus):
+        new = found.get(row.index)
+        if new is None:
+            node.gpus.remove(row)
+            changed.append(row.index)
+            continue
+        if row.uuid != new.uuid:
+            changed.append(row.index)
+        row.uuid, row.model = new.uuid, new.model
+        row.memory_bytes, row.simulated = new.memory_bytes, new.simulated
+    known = {row.index for row in node.gpus}
+    node.gpus.extend(
+        Gpu(index=g.index, uuid=g.uuid, model=g.model, memory_bytes=g.memory_bytes,
+            simulated=g.simulated)
+        for g in inv.gpus if g.index not in known
+    )
     session.flush()
-    changed = [
-        i
-        for i, g in old.items()
-        if i not in {x.index for x in inv.gpus}
-        or next(x for x in inv.gpus if x.index == i).uuid != g.uuid
-    ]
     if changed:
         node_event(session, node, "inventory", f"GPUs changed at indices {changed}", now)
     kind = "simulated " if inv.simulated else ""

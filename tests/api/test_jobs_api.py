@@ -1,0 +1,201 @@
+"""Submitting, listing, getting and deleting jobs through the API."""
+
+from __future__ import annotations
+
+import pytest
+
+from api.conftest import Harness
+
+
+def test_submit_binds_on_cycle_and_reports_drive_the_state_machine(server: Harness) -> None:
+    node = server.register("n1", gpus=4)
+    r = server.submit("train-1", gpus=2, command=["python", "train.py"], env={"LR": "0.1"})
+    assert r.status_code == 201
+    assert r.json()["state"] == "pending"
+    server.cycle()
+    job = server.job("train-1")
+    assert job["state"] == "bound"
+    assert job["node"] == "n1"
+    assert job["gpu_ids"] == [0, 1]
+    assert job["gpu_uuids"] == ["GPU-n1-0", "GPU-n1-1"]
+
+    desired = server.sync(node)
+    [a] = desired["assignments"]
+    assert (a["name"], a["gpu_ids"], a["attempt"], a["stop"]) == ("train-1", [0, 1], 1, False)
+    assert a["env"] == {"LR": "0.1"} and a["command"] == ["python", "train.py"]
+
+    server.sync(node, [{"job_id": a["job_id"], "attempt": 1, "state": "running", "pid": 42}])
+    assert server.job("train-1")["state"] == "running"
+    assert server.job("train-1")["started_at"] is not None
+    server.sync(node, [{"job_id": a["job_id"], "attempt": 1, "state": "exited", "exit_code": 3}])
+    job = server.job("train-1")
+    assert (job["state"], job["exit_code"], job["reason"]) == ("failed", 3, "exited with code 3")
+    assert [e["type"] for e in job["events"]] == ["submitted", "bound", "running", "failed"]
+    # Its GPUs are free again.
+    assert server.get("/nodes/n1")["gpus_allocated"] == 0
+
+
+def test_no_two_jobs_ever_hold_the_same_gpu(server: Harness) -> None:
+    server.register("n1", gpus=4)
+    server.register("n2", gpus=2)
+    for i in range(8):
+        assert server.submit(f"j{i}", gpus=1 + i % 2).status_code == 201
+    server.cycle()
+    held: set[tuple[str, int]] = set()
+    jobs = server.get("/jobs")["jobs"]
+    for job in jobs:
+        for gpu in job["gpu_ids"]:
+            assert (job["node"], gpu) not in held
+            held.add((job["node"], gpu))
+    assert len(held) == 6  # all GPUs of the cluster are in use, none twice
+    waiting = [j for j in jobs if j["state"] == "pending"]
+    assert waiting and all("waiting for" in j["reason"] for j in waiting)
+
+
+def test_best_fit_keeps_a_whole_node_free(server: Harness) -> None:
+    server.register("big", gpus=8)
+    server.register("small", gpus=2)
+    server.submit("one", gpus=1)
+    server.cycle()
+    assert server.job("one")["node"] == "small"
+    server.submit("eight", gpus=8)
+    server.cycle()
+    assert server.job("eight")["node"] == "big"
+
+
+def test_exit_zero_succeeds_and_exit_report_is_idempotent(server: Harness) -> None:
+    node = server.register("n1", gpus=1)
+    server.submit("ok", gpus=1)
+    server.cycle()
+    job_id = server.job("ok")["id"]
+    done = {"job_id": job_id, "attempt": 1, "state": "exited", "exit_code": 0}
+    server.sync(node, [{"job_id": job_id, "attempt": 1, "state": "running", "pid": 1}, done])
+    server.sync(node, [done, {"job_id": job_id, "attempt": 1, "state": "running", "pid": 1}])
+    job = server.job("ok")
+    assert (job["state"], job["exit_code"]) == ("succeeded", 0)
+    assert len([e for e in job["events"] if e["type"] == "succeeded"]) == 1
+
+
+def test_stale_attempt_and_foreign_node_reports_are_ignored(server: Harness) -> None:
+    n1 = server.register("n1", gpus=1)
+    n2 = server.register("n2", gpus=0)
+    server.submit("j", gpus=1)
+    server.cycle()
+    job_id = server.job("j")["id"]
+    server.sync(n1, [{"job_id": job_id, "attempt": 7, "state": "exited", "exit_code": 0}])
+    server.sync(n2, [{"job_id": job_id, "attempt": 1, "state": "exited", "exit_code": 0}])
+    assert server.job("j")["state"] == "bound"
+
+
+def test_delete_pending_job_stops_it_at_once_and_frees_the_name(server: Harness) -> None:
+    server.submit("p", gpus=1)
+    r = server.http.delete("/api/v1/jobs/default/p", headers=server.h(server.admin))
+    assert r.status_code == 200 and r.json()["state"] == "stopped"
+    assert server.get("/jobs")["jobs"] == []
+    assert [j["name"] for j in server.get("/jobs", all=True)["jobs"]] == ["p"]
+    assert server.submit("p", gpus=1).status_code == 201  # name reusable after delete
+
+
+def test_delete_running_job_asks_its_node_to_stop_it(server: Harness) -> None:
+    node = server.register("n1", gpus=2)
+    server.submit("r", gpus=2, grace_seconds=5)
+    server.cycle()
+    job_id = server.job("r")["id"]
+    first = server.sync(node, [{"job_id": job_id, "attempt": 1, "state": "running", "pid": 9}])
+    r = server.http.delete("/api/v1/jobs/default/r", headers=server.h(server.admin))
+    assert r.json()["state"] == "stopping"
+    desired = server.sync(node, seen=first["generation"])
+    assert desired["generation"] > first["generation"]
+    [a] = desired["assignments"]
+    assert a["stop"] is True and a["grace_seconds"] == 5
+    server.sync(node, [{"job_id": job_id, "attempt": 1, "state": "exited", "exit_code": 143}])
+    job = server.job("r")
+    assert (job["state"], job["exit_code"], job["reason"]) == ("stopped", 143, "deleted by admin")
+    assert server.sync(node)["assignments"] == []
+
+
+def test_name_taken_in_project_is_refused(server: Harness) -> None:
+    assert server.submit("dup").status_code == 201
+    r = server.submit("dup")
+    assert r.status_code == 409
+    assert "already exists" in r.json()["error"]["message"]
+
+
+def test_user_must_be_member_of_the_project(server: Harness) -> None:
+    assert server.post("/projects", {"name": "team-a"}).status_code == 201
+    alice = server.make_user("alice", projects=("default",))
+    r = server.submit("x", alice, project="team-a")
+    assert r.status_code == 403
+    assert "not a member of project 'team-a'" in r.json()["error"]["message"]
+    assert server.submit("x", alice, project="default").status_code == 201
+    assert server.get("/jobs/default/x")["user"] == "alice"
+
+
+def test_only_owner_or_admin_may_delete(server: Harness) -> None:
+    alice = server.make_user("alice")
+    bob = server.make_user("bob")
+    server.submit("mine", alice)
+    r = server.http.delete("/api/v1/jobs/default/mine", headers=server.h(bob))
+    assert r.status_code == 403
+    assert server.job("mine")["state"] == "pending"
+    r = server.http.delete("/api/v1/jobs/default/mine", headers=server.h(alice))
+    assert r.status_code == 200
+
+
+def test_logs_are_stored_by_offset_without_duplicates(server: Harness) -> None:
+    node = server.register("n1", gpus=1)
+    server.submit("log", gpus=1)
+    server.cycle()
+    job_id = server.job("log")["id"]
+    url = f"/api/v1/agent/jobs/{job_id}/attempts/1/log"
+    put = lambda off, data: server.http.put(  # noqa: E731
+        url, params={"offset": off}, content=data, headers=server.h(node)
+    ).json()["next_offset"]
+    assert put(0, b"hello ") == 6
+    assert put(0, b"hello ") == 6  # a resend after a lost answer
+    assert put(3, b"lo world\n") == 12  # overlapping chunk: only the new part is kept
+    assert put(20, b"gap") == 12  # a gap: the agent is told where to resume
+    r = server.http.get("/api/v1/jobs/default/log/logs", headers=server.h(server.admin))
+    assert r.text == "hello world\n"
+    r = server.http.get(
+        "/api/v1/jobs/default/log/logs", params={"offset": 6}, headers=server.h(server.admin)
+    )
+    assert r.text == "world\n"
+
+
+def test_logs_readable_only_by_project_members(server: Harness) -> None:
+    assert server.post("/projects", {"name": "secret"}).status_code == 201
+    server.submit("s", project="secret")
+    outsider = server.make_user("eve")
+    r = server.http.get("/api/v1/jobs/secret/s/logs", headers=server.h(outsider))
+    assert r.status_code == 403
+    # ...but everyone sees that the job exists, its state and owner.
+    r = server.http.get("/api/v1/jobs", headers=server.h(outsider))
+    assert [(j["name"], j["user"]) for j in r.json()["jobs"]] == [("s", "admin")]
+
+
+def test_a_node_cannot_upload_logs_for_another_nodes_job(server: Harness) -> None:
+    server.register("n1", gpus=1)
+    n2 = server.register("n2", gpus=0)
+    server.submit("j", gpus=1)
+    server.cycle()
+    job_id = server.job("j")["id"]
+    r = server.http.put(
+        f"/api/v1/agent/jobs/{job_id}/attempts/1/log",
+        params={"offset": 0},
+        content=b"forged",
+        headers=server.h(n2),
+    )
+    assert r.status_code == 401
+
+
+@pytest.mark.parametrize("state", ["running", "pending"])
+def test_list_filters_by_state(server: Harness, state: str) -> None:
+    node = server.register("n1", gpus=1)
+    server.submit("a", gpus=1)
+    server.submit("b", gpus=1)
+    server.cycle()
+    job_id = server.job("a")["id"]
+    server.sync(node, [{"job_id": job_id, "attempt": 1, "state": "running", "pid": 1}])
+    names = [j["name"] for j in server.get("/jobs", state=state)["jobs"]]
+    assert names == (["a"] if state == "running" else ["b"])
