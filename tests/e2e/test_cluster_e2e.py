@@ -248,7 +248,11 @@ def test_server_sigkill_loses_nothing_and_agents_reconnect(tmp_path: Path) -> No
         c.cli("submit", "queued", "--gpus", "1", "--", "sh", "-c", "echo queued-ran")
         assert c.job("queued")["state"] == "pending"
         before = {j["name"]: j for j in c.api("/jobs")["jobs"]}
-        meta = json.loads(next((tmp_path / "agents").glob("crash-a/jobs/*/meta.json")).read_text())
+        metas = [
+            json.loads(m.read_text())
+            for m in (tmp_path / "agents").glob("crash-a/jobs/*/meta.json")
+        ]
+        [meta] = [m for m in metas if m["name"] == "long"]
 
         c.kill_server()
         time.sleep(1)

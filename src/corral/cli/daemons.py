@@ -1,0 +1,248 @@
+"""``corral server`` and ``corral agent``: the two long-running processes of a cluster.
+
+Both commands only turn flags into their settings object and hand over. The server and
+agent packages are imported inside the commands: they pull in FastAPI, SQLAlchemy,
+uvicorn and NVML, which client commands such as `corral list` must not pay for.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import click
+
+from corral.agent.config import AgentConfig
+from corral.cli.params import DURATION, KEY_VALUE, NODE_NAME, SERVER_URL
+from corral.core.names import NAME_RE
+from corral.core.quantities import format_duration
+from corral.server.settings import ServerSettings
+
+JOIN_TOKEN_ENV = "CORRAL_JOIN_TOKEN"  # noqa: S105 (a variable name, not a secret)
+DATABASE_URL_ENV = "CORRAL_DATABASE_URL"
+
+# Same rule as `UserCreate.unix_user`: what useradd accepts by default.
+UNIX_ACCOUNT_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+
+_SERVER_DEFAULTS = ServerSettings()
+_AGENT_DEFAULTS = AgentConfig(server="")
+
+
+@click.command(
+    epilog="""\b
+Examples:
+  corral server                                   # SQLite in $CORRAL_HOME/server
+  corral server --host 0.0.0.0 --port 8420        # reachable by agents on other hosts
+  CORRAL_DATABASE_URL=postgresql+psycopg://corral@db/corral corral server
+""",
+)
+@click.option(
+    "--host",
+    default=_SERVER_DEFAULTS.host,
+    show_default=True,
+    help="Address to listen on; 0.0.0.0 lets agents on other machines reach the server.",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=_SERVER_DEFAULTS.port,
+    show_default=True,
+    help="TCP port of the API, dashboard and /metrics.",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Database (SQLite), job logs and the first admin token. [default: $CORRAL_HOME/server]",
+)
+@click.option(
+    "--database-url",
+    envvar=DATABASE_URL_ENV,
+    show_envvar=True,
+    metavar="URL",
+    help="SQLAlchemy URL of the database, e.g. postgresql+psycopg://user@host/db "
+    "[default: SQLite in the data directory]",
+)
+@click.option(
+    "--node-not-ready-after",
+    type=DURATION,
+    default=_SERVER_DEFAULTS.node_not_ready_after,
+    show_default=format_duration(_SERVER_DEFAULTS.node_not_ready_after),
+    metavar="DURATION",
+    help="Heartbeat silence after which a node gets no new jobs (its jobs keep running).",
+)
+@click.option(
+    "--node-down-after",
+    type=DURATION,
+    default=_SERVER_DEFAULTS.node_down_after,
+    show_default=format_duration(_SERVER_DEFAULTS.node_down_after),
+    metavar="DURATION",
+    help="Heartbeat silence after which a node is down and its jobs are lost.",
+)
+def server(
+    host: str,
+    port: int,
+    data_dir: Path | None,
+    database_url: str | None,
+    node_not_ready_after: float,
+    node_down_after: float,
+) -> None:
+    """Run the Corral server.
+
+    It serves the API and runs the scheduler and the node health checks. On its
+    first start it creates an admin user and writes the admin's token and a join
+    token for agents to files in the data directory (readable by you only).
+    """
+    if node_down_after <= node_not_ready_after:
+        raise click.BadParameter(
+            "must be longer than --node-not-ready-after", param_hint="--node-down-after"
+        )
+    settings = ServerSettings(
+        host=host,
+        port=port,
+        data_dir=data_dir,
+        database_url=database_url,
+        node_not_ready_after=node_not_ready_after,
+        node_down_after=node_down_after,
+    )
+    from corral.server.main import serve  # here, not at the top: see the module docstring
+
+    serve(settings)
+
+
+def check_user_map_entry(user: str, account: str) -> str | None:
+    """Why ``user → account`` is not a valid mapping, or None when it is."""
+    if user != "*" and not NAME_RE.match(user):
+        return f"{user!r} is not a Corral user name (or '*' for everyone)"
+    if not UNIX_ACCOUNT_RE.match(account):
+        return f"{account!r} is not a Unix account name"
+    return None
+
+
+def read_user_map_file(path: Path) -> dict[str, str]:
+    """Parse lines of ``corral_user unix_account`` ('*' = everyone, '#' starts a comment).
+
+    Raises `click.BadParameter` naming the file and line of the first bad line.
+    """
+    mapping: dict[str, str] = {}
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise click.BadParameter(
+            f"cannot read {path}: {exc}", param_hint="--user-map-file"
+        ) from exc
+    for lineno, line in enumerate(lines, start=1):
+        words = line.split("#", 1)[0].split()
+        if not words:
+            continue
+        problem = (
+            check_user_map_entry(words[0], words[1])
+            if len(words) == 2
+            else "expected two words: CORRAL_USER UNIX_ACCOUNT"
+        )
+        if problem:
+            raise click.BadParameter(f"{path}:{lineno}: {problem}", param_hint="--user-map-file")
+        mapping[words[0]] = words[1]
+    return mapping
+
+
+@click.command(
+    epilog="""\b
+Examples:
+  corral agent --server http://gpu-head:8420 --join-token TOKEN
+  corral agent --server http://127.0.0.1:8420 --simulate-gpus 8xA100-80GB --name sim-1
+  corral agent --server http://gpu-head:8420 --user-map-file /etc/corral/users
+""",
+)
+@click.option(
+    "--server", required=True, type=SERVER_URL, metavar="URL", help="The Corral server's URL."
+)
+@click.option(
+    "--join-token",
+    envvar=JOIN_TOKEN_ENV,
+    show_envvar=True,
+    metavar="TOKEN",
+    help="From `corral join-token`; needed only the first time (the node token it is "
+    "traded for is kept in the state directory).",
+)
+@click.option("--name", type=NODE_NAME, help="Node name. [default: this host's name]")
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Node token, job directories and output. [default: $CORRAL_HOME/agent/NAME]",
+)
+@click.option(
+    "--simulate-gpus",
+    metavar="PROFILE",
+    help="Pretend to have GPUs, e.g. 8xA100-80GB or 4xRTX4090 (for demos and tests; "
+    "they are reported as simulated). Without it, real GPUs are found through NVML.",
+)
+@click.option(
+    "--user-map",
+    type=KEY_VALUE,
+    multiple=True,
+    metavar="USER=ACCOUNT",
+    help="Run USER's jobs as Unix ACCOUNT when the agent is root ('*' = everyone; repeatable).",
+)
+@click.option(
+    "--user-map-file",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="File of 'corral_user unix_account' lines ('*' = everyone, '#' comments).",
+)
+@click.option(
+    "--allow-root-jobs",
+    is_flag=True,
+    help="Allow jobs to run as root when the user map says so (refused by default).",
+)
+@click.option(
+    "--grace-period",
+    type=DURATION,
+    default=_AGENT_DEFAULTS.grace_seconds,
+    show_default=format_duration(_AGENT_DEFAULTS.grace_seconds),
+    metavar="DURATION",
+    help="Default time between SIGTERM and SIGKILL when a job is stopped.",
+)
+@click.pass_context
+def agent(
+    ctx: click.Context,
+    server: str,
+    join_token: str | None,
+    name: str | None,
+    state_dir: Path | None,
+    simulate_gpus: str | None,
+    user_map: tuple[tuple[str, str], ...],
+    user_map_file: Path | None,
+    allow_root_jobs: bool,
+    grace_period: float,
+) -> None:
+    """Run a Corral agent, making this machine a node of the cluster.
+
+    The agent connects out to the server (no inbound port is needed), reports the
+    machine's GPUs and health, and starts and stops the jobs the server assigns. When
+    it runs as root, each user's jobs run as their own Unix account (see --user-map);
+    otherwise they run as the agent's account.
+    """
+    if user_map and user_map_file:
+        raise click.BadOptionUsage("user_map", "use --user-map or --user-map-file, not both")
+    mapping = read_user_map_file(user_map_file) if user_map_file else {}
+    for user, account in user_map:
+        problem = check_user_map_entry(user, account)
+        if problem:
+            raise click.BadParameter(problem, param_hint="--user-map")
+        mapping[user] = account
+    config = AgentConfig(
+        server=server,
+        join_token=join_token,
+        name=name,
+        state_dir=state_dir,
+        simulate_gpus=simulate_gpus,
+        user_map=mapping,
+        allow_root_jobs=allow_root_jobs,
+        grace_seconds=grace_period,
+    )
+    from corral.agent.agent import run_agent  # here, not at the top: see the module docstring
+
+    ctx.exit(run_agent(config))
+
+
+COMMANDS: Sequence[click.Command] = (server, agent)

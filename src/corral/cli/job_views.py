@@ -1,0 +1,115 @@
+"""Human views of jobs: the `corral list` table and the `corral get` block.
+
+Pure functions of the API objects and "now", so tests can render with a fixed clock.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Sequence
+from datetime import datetime
+
+import click
+
+from corral.cli.output import (
+    Column,
+    age,
+    as_utc,
+    number,
+    print_fields,
+    print_table,
+    time_and_age,
+)
+from corral.core.quantities import format_bytes, format_duration
+from corral.core.schemas import JobDetail, JobOut
+from corral.core.states import JobState
+
+# States whose reason is worth a column in the list: why it waits, why it failed.
+_REASON_STATES = frozenset({JobState.PENDING, JobState.FAILED, JobState.LOST})
+
+JOB_COLUMNS = (
+    Column("NAME"),
+    Column("PROJECT"),
+    Column("USER"),
+    Column("KIND"),
+    Column("STATE", styled=True),
+    Column("NODE"),
+    Column("GPUS"),
+    Column("AGE"),
+    Column("REASON"),
+)
+
+
+def gpus_cell(job: JobOut) -> str:
+    """``2`` while waiting, ``2 (0,1)`` once devices are bound."""
+    if job.gpu_ids:
+        return f"{number(job.gpus)} ({','.join(str(i) for i in job.gpu_ids)})"
+    return number(job.gpus)
+
+
+def job_row(job: JobOut, now: datetime) -> list[str]:
+    reason = job.reason if job.state in _REASON_STATES and job.reason else ""
+    return [
+        job.name,
+        job.project,
+        job.user,
+        job.kind.value,
+        job.state.value + (" (deleted)" if job.deleted else ""),
+        job.node or "-",
+        gpus_cell(job),
+        age(job.created_at, now),
+        reason,
+    ]
+
+
+def print_jobs(jobs: Sequence[JobOut], now: datetime) -> None:
+    print_table(JOB_COLUMNS, [job_row(job, now) for job in jobs])
+
+
+def run_time(job: JobOut, now: datetime) -> str:
+    """How long the job has run: until it finished, or until now while it runs."""
+    if job.started_at is None:
+        return "-"
+    end = job.finished_at or (None if job.state.is_terminal else now)
+    if end is None:
+        return "-"
+    return format_duration((as_utc(end) - as_utc(job.started_at)).total_seconds())
+
+
+def print_job(job: JobDetail, now: datetime) -> None:
+    """The `corral get` view: every field people ask about, then the job's events."""
+    gpus = gpus_cell(job)
+    fields = [
+        ("Name", job.name),
+        ("Project", job.project),
+        ("User", job.user),
+        ("Kind", job.kind.value),
+        ("State", job.state.value + (" (deleted)" if job.deleted else "")),
+        ("Reason", job.reason or "-"),
+        ("Node", job.node or "-"),
+        ("GPUs", gpus if job.gpu_ids else f"{gpus} (not bound yet)" if job.gpus else "0"),
+        ("GPU UUIDs", "\n".join(job.gpu_uuids) or "-"),
+        ("CPUs", number(job.cpus)),
+        ("Memory", format_bytes(job.memory_bytes)),
+        ("Command", shlex.join(job.command)),
+        ("Workdir", job.workdir or "-"),
+        # Names only: values are often secrets, and this view ends up in screenshots.
+        ("Env", ", ".join(sorted(job.env)) + " (values: -o yaml)" if job.env else "-"),
+        ("Created", time_and_age(job.created_at, now)),
+        ("Started", time_and_age(job.started_at, now)),
+        ("Finished", time_and_age(job.finished_at, now)),
+        ("Run time", run_time(job, now)),
+        ("Exit code", "-" if job.exit_code is None else str(job.exit_code)),
+        ("Attempt", str(job.attempt)),
+        ("Grace period", format_duration(job.grace_seconds)),
+    ]
+    print_fields(fields)
+    click.echo()
+    if not job.events:
+        click.echo("Events: -")
+        return
+    click.echo("Events:")
+    print_table(
+        ("TIME", "TYPE", "MESSAGE"),
+        [[time_and_age(e.at, now), e.type, e.message] for e in job.events],
+    )

@@ -1,0 +1,340 @@
+"""The job commands: ``submit``, ``list``, ``get``, ``logs`` and ``delete``."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+
+import click
+from pydantic import ValidationError
+
+from corral.cli.config import CliState, pass_state
+from corral.cli.job_views import print_job, print_jobs
+from corral.cli.output import output_option, parse, print_data, print_empty
+from corral.cli.params import (
+    DURATION,
+    JOB_NAME,
+    KEY_VALUE,
+    MEMORY,
+    USER_NAME,
+    project_option,
+)
+from corral.client import ApiClient
+from corral.core.errors import CorralError, NotFound
+from corral.core.quantities import format_duration
+from corral.core.schemas import JobDetail, JobList, JobOut, JobSubmit
+from corral.core.states import JobKind, JobState
+
+_RESOLVE_HELP = "Project of the job. Needed only when the name exists in several of your projects."
+
+# Which option to blame when the client-side copy of the server's checks refuses a field.
+_SUBMIT_FIELD_OPTIONS = {
+    "name": "NAME",
+    "project": "--project",
+    "gpus": "--gpus",
+    "cpus": "--cpus",
+    "memory_bytes": "--memory",
+    "command": "COMMAND",
+    "env": "--env",
+    "workdir": "--workdir",
+    "grace_seconds": "--grace-period",
+}
+
+
+class _CommandAfterDashes(click.Command):
+    """A command whose trailing ``COMMAND [ARGS]...`` belongs to the job, not to Corral.
+
+    Click parses options anywhere on the line, so in ``corral submit x python train.py -p 5``
+    the ``-p 5`` would silently become Corral's ``--project``. This class refuses any
+    line where the job's command is not exactly what follows ``--`` (or, without ``--``,
+    the unbroken tail of the line), and explains ``--`` when an option is unknown.
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        raw = list(args)
+        try:
+            rest = super().parse_args(ctx, args)
+        except click.NoSuchOption as exc:
+            raise click.UsageError(
+                f"{exc.format_message()} If it is an option of the job's command, put the "
+                "command after `--`: corral submit NAME [OPTIONS] -- COMMAND [ARGS]...",
+                ctx,
+            ) from exc
+        command = list(ctx.params.get("command") or ())
+        tail = raw[raw.index("--") + 1 :] if "--" in raw else raw[len(raw) - len(command) :]
+        if command and command != tail:
+            raise click.UsageError(
+                "options after the job's command are ambiguous: put the whole command "
+                "after `--`, e.g. corral submit NAME -g 1 -- python train.py --lr 0.1",
+                ctx,
+            )
+        return rest
+
+
+@click.command(
+    cls=_CommandAfterDashes,
+    epilog="""\b
+Examples:
+  corral submit train-1 -p team-a -g 2 -- python train.py --epochs 10
+  corral submit prep -c 8 --memory 32GiB -e DATA=/scratch/d -- ./prepare.sh
+  corral submit notebook --interactive -g 1 -- jupyter lab --no-browser
+""",
+)
+@click.argument("name", type=JOB_NAME)
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@project_option("Project to run in (default: the current project, else 'default').")
+@click.option(
+    "-g", "--gpus", type=click.IntRange(min=0), default=0, show_default=True, help="Whole GPUs."
+)
+@click.option(
+    "-c", "--cpus", type=click.FloatRange(min=0, min_open=True), help="CPU cores (e.g. 4, 0.5)."
+)
+@click.option("--memory", type=MEMORY, help="Host memory, e.g. 16GiB or 512MiB.")
+@click.option(
+    "-e",
+    "--env",
+    type=KEY_VALUE,
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Environment variable for the job (repeatable).",
+)
+@click.option("--workdir", metavar="DIR", help="Absolute directory on the node to run in.")
+@click.option(
+    "--kind",
+    type=click.Choice([k.value for k in JobKind], case_sensitive=False),
+    help="train (unattended, may be preempted; the default) or interactive.",
+)
+@click.option("-i", "--interactive", is_flag=True, help="Same as --kind interactive.")
+@click.option(
+    "--grace-period",
+    type=DURATION,
+    metavar="DURATION",
+    help="Time between SIGTERM and SIGKILL when the job is stopped, e.g. 30s.",
+)
+@output_option
+@pass_state
+def submit(
+    state: CliState,
+    name: str,
+    command: tuple[str, ...],
+    project: str | None,
+    gpus: int,
+    cpus: float | None,
+    memory: int | None,
+    env: tuple[tuple[str, str], ...],
+    workdir: str | None,
+    kind: str | None,
+    interactive: bool,
+    grace_period: float | None,
+    output: str,
+) -> None:
+    """Submit a job that runs a command on the cluster.
+
+    Job NAME runs COMMAND on a node with the resources asked for. Put the command
+    after `--` so that its own options are not read as Corral's. The job waits in the
+    queue (state pending) until a node has the GPUs free; `corral list` shows why it
+    waits. Names are unique within a project.
+    """
+    if not command:
+        raise click.UsageError(
+            "missing the command to run: corral submit NAME [OPTIONS] -- COMMAND [ARGS]..."
+        )
+    if interactive and kind not in (None, JobKind.INTERACTIVE.value):
+        raise click.BadOptionUsage("kind", "--interactive conflicts with --kind train")
+    try:
+        request = JobSubmit(
+            name=name,
+            project=project or state.default_project,
+            kind=JobKind.INTERACTIVE if interactive else JobKind(kind or JobKind.TRAIN),
+            gpus=gpus,
+            cpus=cpus,
+            memory_bytes=memory,
+            command=list(command),
+            env=dict(env),
+            workdir=workdir,
+            grace_seconds=grace_period,
+        )
+    except ValidationError as exc:
+        # The same checks the server makes, run here so a mistake costs no round trip.
+        first = exc.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else ""
+        raise click.BadParameter(
+            first["msg"].removeprefix("Value error, "),
+            param_hint=_SUBMIT_FIELD_OPTIONS.get(field, field or None),
+        ) from exc
+    with state.client() as api:
+        data = api.post("/jobs", request.model_dump(mode="json", exclude_none=True))
+    if output != "table":
+        print_data(data, output)
+        return
+    job = parse(JobOut, data)
+    click.echo(f"Job {job.name} submitted to project {job.project}.")
+    click.echo(f"State: {job.state.value}" + (f" ({job.reason})" if job.reason else ""))
+    click.echo(f"Follow its output with: corral logs -f {job.name} -p {job.project}")
+
+
+@click.command("list")
+@project_option("Show only this project's jobs (default: every project you can see).")
+@click.option("-u", "--user", type=USER_NAME, help="Show only this user's jobs.")
+@click.option(
+    "-s",
+    "--state",
+    "state_filter",
+    type=click.Choice([s.value for s in JobState], case_sensitive=False),
+    help="Show only jobs in this state.",
+)
+@click.option("-A", "--all", "include_deleted", is_flag=True, help="Include deleted jobs.")
+@output_option
+@pass_state
+def list_jobs(
+    state: CliState,
+    project: str | None,
+    user: str | None,
+    state_filter: str | None,
+    include_deleted: bool,
+    output: str,
+) -> None:
+    """List jobs, and why pending or failed ones are so.
+
+    Shows each job's state, node, GPUs (and which ones), age, and the reason why a
+    pending job waits or a failed one failed.
+
+    \b
+    Examples:
+      corral list                      # every job you can see, in all your projects
+      corral list -p team-a -s pending
+      corral list -o json | jq -r '.[] | select(.state == "running") | .name'
+    """
+    with state.client() as api:
+        data = api.get(
+            "/jobs",
+            project=project,
+            user=user,
+            state=state_filter,
+            all="true" if include_deleted else "false",
+        )
+    jobs = parse(JobList, data).jobs
+    if output != "table":
+        print_data(data["jobs"], output)
+    elif not jobs:
+        print_empty("jobs")
+    else:
+        print_jobs(jobs, state.clock())
+
+
+def resolve_project(state: CliState, api: ApiClient, name: str, project: str | None) -> str:
+    """The project of job ``name``: ``project`` if given, else found among visible jobs.
+
+    A name that exists in one project resolves to it; in several, to the current project
+    (`corral project set`) if it is one of them, else it is an error asking for
+    ``--project``. Deleted jobs count only when no live job has the name, so that
+    `corral get` still shows a job after `corral delete`.
+    """
+    if project:
+        return project
+    projects = _projects_with_job(api, name, include_deleted=False) or _projects_with_job(
+        api, name, include_deleted=True
+    )
+    if not projects:
+        raise NotFound(f"job {name!r} not found")
+    if len(projects) == 1:
+        return projects[0]
+    current = state.current_project
+    if current is not None and current in projects:
+        return current
+    raise CorralError(f"job {name} exists in projects {', '.join(projects)}: use --project")
+
+
+def _projects_with_job(api: ApiClient, name: str, *, include_deleted: bool) -> list[str]:
+    data = api.get("/jobs", name=name, all="true" if include_deleted else "false")
+    # Filter again here: the name filter is exact on the server, but a looser server
+    # must not make us act on the wrong job.
+    return sorted({job.project for job in parse(JobList, data).jobs if job.name == name})
+
+
+@click.command()
+@click.argument("name", type=JOB_NAME)
+@project_option(_RESOLVE_HELP)
+@output_option
+@pass_state
+def get(state: CliState, name: str, project: str | None, output: str) -> None:
+    """Show a job's details and events.
+
+    Everything about job NAME: resources, GPUs, times, exit code and its events.
+
+    \b
+    Examples:
+      corral get train-1
+      corral get train-1 -p team-a -o yaml
+    """
+    with state.client() as api:
+        project = resolve_project(state, api, name, project)
+        data = api.get(f"/jobs/{project}/{name}")
+    if output != "table":
+        print_data(data, output)
+    else:
+        print_job(parse(JobDetail, data), state.clock())
+
+
+@click.command()
+@click.argument("name", type=JOB_NAME)
+@project_option(_RESOLVE_HELP)
+@click.option("-f", "--follow", is_flag=True, help="Keep streaming new output until the job ends.")
+@pass_state
+def logs(state: CliState, name: str, project: str | None, follow: bool) -> None:
+    """Print a job's output (stdout and stderr).
+
+    \b
+    Examples:
+      corral logs train-1
+      corral logs -f train-1 -p team-a     # Ctrl-C stops following, not the job
+    """
+    out = sys.stdout.buffer
+    with state.client() as api:
+        project = resolve_project(state, api, name, project)
+        params = {"follow": "true" if follow else "false"}
+        try:
+            with api.stream(f"/jobs/{project}/{name}/logs", params=params) as chunks:
+                for chunk in chunks:
+                    out.write(chunk)
+                    out.flush()  # show each line as it comes, even into a pipe
+        except KeyboardInterrupt:
+            raise click.exceptions.Exit(130) from None  # quietly: stopping is what was asked
+        except BrokenPipeError:
+            _silence_stdout()  # `corral logs x | head`: the reader left, that is fine
+            raise click.exceptions.Exit(0) from None
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's last flush cannot fail again."""
+    try:
+        target = sys.stdout.fileno()
+    except (OSError, ValueError):
+        return  # not a real file (tests): nothing will flush it at exit
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, target)
+    os.close(devnull)
+
+
+@click.command()
+@click.argument("name", type=JOB_NAME)
+@project_option(_RESOLVE_HELP)
+@pass_state
+def delete(state: CliState, name: str, project: str | None) -> None:
+    """Delete a job, stopping it first if it runs.
+
+    A running job gets SIGTERM, then SIGKILL after its grace period. Its record and
+    output stay visible with `corral list -A` and `corral get`.
+    """
+    with state.client() as api:
+        project = resolve_project(state, api, name, project)
+        job = parse(JobOut, api.delete(f"/jobs/{project}/{name}"))
+    if job.state is JobState.STOPPING:
+        grace = format_duration(job.grace_seconds)
+        click.echo(f"Job {job.name} is stopping (SIGTERM, then SIGKILL after {grace}).")
+    else:
+        click.echo(f"Job {job.name} deleted.")
+
+
+COMMANDS: Sequence[click.Command] = (submit, list_jobs, get, logs, delete)
