@@ -45,7 +45,7 @@ def test_unready_nodes_and_unmanaged_gpus_are_not_used() -> None:
     nodes = (node("down", 8, ready=False), node("a", 2, busy=(0,)))
     d = FifoPolicy().schedule(Snapshot(nodes=nodes, running=(), pending=(job(1, 1), job(2, 1))))
     assert [(b.node, b.gpu_ids) for b in d.bindings] == [("a", (1,))]
-    assert "most free now: 0 on a" in d.reasons[2]
+    assert "all 2 GPUs of ready nodes are in use" in d.reasons[2]
 
 
 def test_reasons_without_nodes() -> None:

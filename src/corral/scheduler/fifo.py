@@ -60,8 +60,12 @@ def _why_not(job: JobView, free: dict[str, _Free]) -> str:
         return "no node is ready (all are not ready, down or cordoned)"
     biggest = max(ready, key=lambda s: len(s.gpus))
     if len(biggest.gpus) < job.gpus:
+        want = f"{job.gpus} free GPU{'s' if job.gpus != 1 else ''}"
+        if not biggest.gpus:
+            total = sum(len(s.node.devices) for s in ready)
+            return f"waiting for {want} on one node (all {total} GPUs of ready nodes are in use)"
         return (
-            f"waiting for {job.gpus} free GPUs on one node "
+            f"waiting for {want} on one node "
             f"(most free now: {len(biggest.gpus)} on {biggest.node.name})"
         )
     if job.cpus is not None and all(s.cpus < job.cpus for s in ready):

@@ -82,9 +82,15 @@ def register(
         row.memory_bytes, row.simulated = new.memory_bytes, new.simulated
     known = {row.index for row in node.gpus}
     node.gpus.extend(
-        Gpu(index=g.index, uuid=g.uuid, model=g.model, memory_bytes=g.memory_bytes,
-            simulated=g.simulated)
-        for g in inv.gpus if g.index not in known
+        Gpu(
+            index=g.index,
+            uuid=g.uuid,
+            model=g.model,
+            memory_bytes=g.memory_bytes,
+            simulated=g.simulated,
+        )
+        for g in inv.gpus
+        if g.index not in known
     )
     session.flush()
     if changed:

@@ -98,13 +98,14 @@ def apply_decisions(
         job.gpu_ids = list(binding.gpu_ids)
         job.attempt += 1
         job.exit_code = None
-        gpus = ",".join(str(i) for i in binding.gpu_ids) or "none"
+        gpus = ",".join(str(i) for i in binding.gpu_ids)
+        what = f"GPUs [{gpus}]" if gpus else "no GPUs"
         change_state(
             session,
             job,
             JobState.BOUND,
             now,
-            f"bound to {node.name}, GPUs [{gpus}] (attempt {job.attempt})",
+            f"bound to {node.name}, {what} (attempt {job.attempt})",
         )
         node.generation += 1
         result.changed_nodes.add(node.id)
