@@ -5,13 +5,13 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PORT   ?= 8420
 
-.PHONY: demo up test lint typecheck unit bench clean help
+.PHONY: demo up test lint typecheck unit docs clean help
 
 help:
 	@echo "make demo   - start a demo cluster (server + 3 simulated-GPU agents + a workload)"
 	@echo "make up     - start a server and one local agent (embedded default)"
 	@echo "make test   - lint, type-check and run the whole test suite"
-	@echo "make bench  - run the benchmarks (results in bench/results/)"
+	@echo "make docs   - regenerate docs/cli.md and docs/openapi.json"
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Corral needs Python 3.11 or newer")'
@@ -40,8 +40,8 @@ test: lint typecheck
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit
 
-bench: $(STAMP)
-	$(BIN)/python -m bench
+docs: $(STAMP)
+	$(BIN)/python scripts/gen_docs.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
