@@ -27,10 +27,24 @@ def cli_markdown() -> str:
     ]
 
     def walk(cmd: click.Command, path: list[str], parent: click.Context | None) -> None:
-        ctx = click.Context(cmd, info_name=path[-1], parent=parent, terminal_width=100,
-                            max_content_width=100)
-        lines.extend([f"{'#' * min(len(path) + 1, 4)} `{' '.join(path)}`", "", "```text",
-                      ctx.get_help(), "```", ""])
+        # The root's context_settings (e.g. -h as a help option) reach subcommands through
+        # the parent context, exactly as when the CLI runs.
+        settings = {
+            **(cmd.context_settings if parent is None else {}),
+            "terminal_width": 100,
+            "max_content_width": 100,
+        }
+        ctx = click.Context(cmd, info_name=path[-1], parent=parent, **settings)
+        lines.extend(
+            [
+                f"{'#' * min(len(path) + 1, 4)} `{' '.join(path)}`",
+                "",
+                "```text",
+                ctx.get_help(),
+                "```",
+                "",
+            ]
+        )
         if isinstance(cmd, click.Group):
             for name in cmd.list_commands(ctx):
                 sub = cmd.get_command(ctx, name)

@@ -1,0 +1,285 @@
+"""The supervisor: makes the jobs on this node match the server's desired state.
+
+Each `tick` (about every 0.1 s, or at once when a new desired state arrives):
+
+- starts assignments that are not running and not finished here, unless a newer attempt
+  of the same job was already seen (fencing after a partition);
+- stops assignments marked ``stop`` and local jobs the server no longer lists;
+- answers for assignments it knows nothing about ("stopped before it started", "the
+  agent has no record of this job");
+- polls the runtime; an ended job gets its final log flush, then its "exited" report.
+
+Finished attempts are remembered (in memory and by their job directories) so a re-sent
+assignment is never started twice. All of this runs on the supervisor thread only; the
+other threads reach it through the thread-safe `DesiredState`, `ReportQueue` and
+`LogShipping`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from corral.agent import jobdirs
+from corral.agent.jobdirs import JobKey
+from corral.agent.logship import LogShipping
+from corral.agent.runtime.base import JobExit, JobHandle, Runtime, StartError
+from corral.agent.sync import DesiredState, ReportQueue
+from corral.agent.usermap import AccountError, UserMapper
+from corral.core.schemas import Assignment, JobReport
+from corral.core.states import JobState
+
+log = logging.getLogger(__name__)
+
+FINISHED_RETENTION_SECONDS = 7 * 86400  # reported job directories are kept this long
+PRUNE_INTERVAL_SECONDS = 3600.0
+MAX_MESSAGE_CHARS = 4000  # JobReport.message
+
+NEVER_STARTED = "stopped before it started"
+NO_RECORD = "the agent has no record of this job (its state on the node was lost)"
+
+
+@dataclass
+class _Live:
+    handle: JobHandle
+    stop_reason: str | None = None  # set once it was asked to stop
+
+
+class Supervisor:
+    """Reconciles desired and actual jobs. ``clock`` is monotonic seconds, ``wall`` is
+    seconds since the epoch; both injectable for tests."""
+
+    def __init__(
+        self,
+        *,
+        runtime: Runtime,
+        usermap: UserMapper,
+        desired: DesiredState,
+        reports: ReportQueue,
+        logs: LogShipping,
+        state_dir: Path,
+        say: Callable[[str], None],
+        interval_seconds: float = 0.1,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.runtime = runtime
+        self.usermap = usermap
+        self.desired = desired
+        self.reports = reports
+        self.logs = logs
+        self.state_dir = state_dir
+        self.interval_seconds = interval_seconds
+        self.wake = threading.Event()
+        self.ticks = 0
+        self._say = say
+        self._clock = clock
+        self._wall = wall
+        self._live: dict[JobKey, _Live] = {}
+        self._finished: dict[JobKey, float] = {}  # key → wall time it finished
+        self._max_attempt: dict[int, int] = {}
+        self._said: set[tuple[str, JobKey]] = set()
+        self._next_prune = 0.0
+
+    # ---------------------------------------------------------------- start-up
+
+    def recover(self) -> None:
+        """Re-adopt the jobs of a previous agent run; remember the ones it reported."""
+        self._prune()
+        for key, directory in jobdirs.list_job_dirs(self.state_dir):
+            if jobdirs.is_reported(directory):
+                self._note_attempt(key)
+                self._finished[key] = self._wall()  # pruned by its directory's age anyway
+                continue
+            handle = self.runtime.adopt(directory)
+            if handle is None:
+                continue  # a start that never got going: no process was ever recorded
+            self._note_attempt(key)
+            self._live[key] = _Live(handle)
+            self.logs.add(key, directory)
+            self._say(f"{_job(handle)}: re-adopted after the agent restarted (pid {handle.pid})")
+
+    # ---------------------------------------------------------------- the loop
+
+    def run(self, stop: threading.Event) -> None:
+        """Thread body: tick until ``stop`` is set."""
+        while not stop.is_set():
+            try:
+                self.tick()
+            except Exception:  # a bug must not leave every job unsupervised
+                log.exception("supervisor tick failed")
+            self.wake.wait(self.interval_seconds)
+            self.wake.clear()
+
+    def tick(self) -> None:
+        snapshot = self.desired.snapshot()
+        if snapshot is not None:
+            self._reconcile(snapshot[1])
+        self._poll()
+        if self._clock() >= self._next_prune:
+            self._prune()
+        self.ticks += 1
+
+    def running(self) -> list[JobHandle]:
+        """Jobs supervised now (read it from the supervisor thread, or after it ended)."""
+        return [live.handle for live in self._live.values()]
+
+    # ---------------------------------------------------------------- reconcile
+
+    def _reconcile(self, assignments: tuple[Assignment, ...]) -> None:
+        for a in assignments:
+            self._note_attempt((a.job_id, a.attempt))
+        wanted: set[JobKey] = set()
+        for a in assignments:
+            key = (a.job_id, a.attempt)
+            if a.attempt < self._max_attempt[a.job_id]:
+                self._say_once(
+                    "fenced",
+                    key,
+                    f"job {a.job_id} attempt {a.attempt}: ignored, "
+                    "a newer attempt of this job was already seen",
+                )
+                continue
+            wanted.add(key)
+            live = self._live.get(key)
+            if live is not None:
+                if a.stop and live.stop_reason is None:
+                    self._stop(live, a.grace_seconds, "the server asked to stop it")
+            elif key in self._finished:
+                pass  # ended here; its report is sent or on its way
+            elif a.stop:
+                self._final_report(key, None, NEVER_STARTED)
+            elif a.state in (JobState.STARTING, JobState.RUNNING, JobState.STOPPING):
+                self._final_report(key, None, NO_RECORD)
+                self._say(f"job {a.job_id} attempt {a.attempt}: {NO_RECORD}")
+            elif a.state is not JobState.BOUND:
+                self._say_once(
+                    "state",
+                    key,
+                    f"job {a.job_id} attempt {a.attempt}: "
+                    f"unexpected assignment in state {a.state}; ignored",
+                )
+            elif any(k[0] == a.job_id for k in self._live):
+                pass  # an older attempt is still ending here: start once it is gone
+            else:
+                self._start(a)
+        for key, live in list(self._live.items()):
+            if key not in wanted and live.stop_reason is None:
+                self._say(
+                    f"WARNING: {_job(live.handle)} is running here but the server no "
+                    "longer wants it: stopping it"
+                )
+                self._stop(live, live.handle.grace_seconds, "the server no longer wants it")
+
+    def _start(self, a: Assignment) -> None:
+        key = (a.job_id, a.attempt)
+        self._report(key, "starting")
+        try:
+            account = self.usermap.resolve(a)
+            handle = self.runtime.start(a, account)
+        except (AccountError, StartError) as exc:
+            self._failed(key, a, str(exc))
+            return
+        except Exception as exc:  # a bug here must fail this job, not the agent
+            log.exception("starting job %s attempt %s failed", a.job_id, a.attempt)
+            self._failed(key, a, f"internal error in the agent: {exc!r}")
+            return
+        self._live[key] = _Live(handle)
+        self.logs.add(key, handle.job_dir)
+        self._report(key, "running", pid=handle.pid)
+        gpus = ",".join(map(str, a.gpu_ids)) or "none"
+        self._say(f"{_job(handle)}: started, pid {handle.pid}, GPUs {gpus}, as {account.name}")
+
+    def _failed(self, key: JobKey, a: Assignment, message: str) -> None:
+        self._finished[key] = self._wall()
+        self._report(key, "failed", message=message)
+        self._say(f"job {a.job_id} ({a.name}) attempt {a.attempt}: failed to start: {message}")
+
+    def _stop(self, live: _Live, grace_seconds: float, reason: str) -> None:
+        live.stop_reason = reason
+        self.runtime.stop(live.handle, grace_seconds)
+        self._say(
+            f"{_job(live.handle)}: stopping ({reason}): SIGTERM, then SIGKILL after "
+            f"{grace_seconds:g} s"
+        )
+
+    # ---------------------------------------------------------------- exits
+
+    def _poll(self) -> None:
+        for key, live in list(self._live.items()):
+            try:
+                result = self.runtime.poll(live.handle)
+            except Exception:
+                log.exception("polling job %s attempt %s failed", *key)
+                continue
+            if result is not None:
+                del self._live[key]
+                self._ended(live.handle, result)
+
+    def _ended(self, handle: JobHandle, result: JobExit) -> None:
+        key = handle.key
+        self._finished[key] = self._wall()
+        code = "unknown" if result.exit_code is None else str(result.exit_code)
+        note = f" ({result.message})" if result.message else ""
+        self._say(f"{_job(handle)}: exited with code {code}{note}")
+        report = _report(key, "exited", exit_code=result.exit_code, message=result.message)
+        directory = handle.job_dir
+
+        def flushed() -> None:  # on the log thread, once the last output is shipped
+            self.reports.put(report, on_ack=lambda: jobdirs.mark_reported(directory))
+
+        self.logs.finish(key, directory, then=flushed)
+
+    def _final_report(self, key: JobKey, exit_code: int | None, message: str) -> None:
+        self._finished[key] = self._wall()
+        self._report(key, "exited", exit_code=exit_code, message=message)
+
+    def _report(self, key: JobKey, state: str, **fields: object) -> None:
+        self.reports.put(_report(key, state, **fields))
+
+    # ---------------------------------------------------------------- bookkeeping
+
+    def _note_attempt(self, key: JobKey) -> None:
+        job_id, attempt = key
+        self._max_attempt[job_id] = max(attempt, self._max_attempt.get(job_id, 0))
+
+    def _say_once(self, kind: str, key: JobKey, message: str) -> None:
+        if (kind, key) not in self._said:
+            self._said.add((kind, key))
+            self._say(message)
+
+    def _prune(self) -> None:
+        now = self._wall()
+        jobdirs.prune_reported(
+            self.state_dir, older_than_seconds=FINISHED_RETENTION_SECONDS, now=now
+        )
+        old = [k for k, at in self._finished.items() if now - at > FINISHED_RETENTION_SECONDS]
+        for key in old:
+            del self._finished[key]
+        self._said = {s for s in self._said if s[1] not in old}
+        self._next_prune = self._clock() + PRUNE_INTERVAL_SECONDS
+
+
+def _report(key: JobKey, state: str, **fields: object) -> JobReport:
+    message = fields.pop("message", None)
+    if isinstance(message, str) and len(message) > MAX_MESSAGE_CHARS:
+        message = message[: MAX_MESSAGE_CHARS - 1] + "…"
+    return JobReport.model_validate(
+        {
+            "job_id": key[0],
+            "attempt": key[1],
+            "state": state,
+            "message": message,
+            "at": datetime.now(UTC),
+            **fields,
+        }
+    )
+
+
+def _job(handle: JobHandle) -> str:
+    return f"job {handle.job_id} ({handle.name}) attempt {handle.attempt}"

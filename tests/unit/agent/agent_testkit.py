@@ -1,0 +1,71 @@
+"""Helpers for the agent's tests: assignment factory, polling with a deadline, cleanup."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from corral.core.schemas import Assignment
+
+T = TypeVar("T")
+
+
+def assignment(job_id: int = 1, command: list[str] | None = None, **overrides: Any) -> Assignment:
+    """A bound assignment with sensible defaults; any field can be overridden."""
+    fields: dict[str, Any] = {
+        "job_id": job_id,
+        "attempt": 1,
+        "name": f"job-{job_id}",
+        "project": "vision",
+        "user": "alice",
+        "unix_user": "alice",
+        "kind": "train",
+        "state": "bound",
+        "command": command or ["true"],
+        "env": {},
+        "workdir": None,
+        "gpu_ids": [],
+        "gpu_uuids": [],
+        "cpus": None,
+        "memory_bytes": None,
+        "grace_seconds": 5.0,
+        "stop": False,
+    }
+    fields.update(overrides)
+    return Assignment.model_validate(fields)
+
+
+def wait_for(check: Callable[[], T | None], what: str, timeout: float = 10.0) -> T:
+    """Poll ``check`` until it returns something truthy (returned); fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.01)
+
+
+def pid_gone(pid: int) -> bool:
+    """True when ``pid`` no longer runs (a zombie awaiting its reaper counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def kill_jobs(state_dir: Path) -> None:
+    """SIGKILL every job process group recorded under ``state_dir`` (test cleanup)."""
+    for meta in state_dir.glob("jobs/*/meta.json"):
+        with contextlib.suppress(OSError, ValueError):
+            pgid = int(json.loads(meta.read_text())["pgid"])
+            if pgid > 1:
+                os.killpg(pgid, signal.SIGKILL)
