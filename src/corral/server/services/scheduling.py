@@ -29,6 +29,20 @@ class CycleResult:
     changed_nodes: set[int] = field(default_factory=set)
 
 
+def _job_view(job: Job, node: str | None) -> JobView:
+    return JobView(
+        id=job.id,
+        name=job.name,
+        project=job.project.name,
+        order=job.id,
+        gpus=int(job.gpus),
+        cpus=job.cpus,
+        memory_bytes=job.memory_bytes,
+        node=node,
+        gpu_ids=tuple(job.gpu_ids) if node else (),
+    )
+
+
 def build_snapshot(session: Session) -> tuple[Snapshot, dict[str, Node]]:
     nodes = {n.name: n for n in session.scalars(select(Node).order_by(Node.name))}
     node_by_id = {n.id: n for n in nodes.values()}
@@ -45,29 +59,11 @@ def build_snapshot(session: Session) -> tuple[Snapshot, dict[str, Node]]:
         for n in nodes.values()
     )
     running = tuple(
-        JobView(
-            id=j.id,
-            name=j.name,
-            project=j.project.name,
-            order=j.id,
-            gpus=int(j.gpus),
-            cpus=j.cpus,
-            memory_bytes=j.memory_bytes,
-            node=node_by_id[j.node_id].name if j.node_id in node_by_id else None,
-            gpu_ids=tuple(j.gpu_ids),
-        )
+        _job_view(j, node_by_id[j.node_id].name if j.node_id in node_by_id else None)
         for j in session.scalars(select(Job).where(Job.state.in_(HOLDING_STATES)))
     )
     pending = tuple(
-        JobView(
-            id=j.id,
-            name=j.name,
-            project=j.project.name,
-            order=j.id,
-            gpus=int(j.gpus),
-            cpus=j.cpus,
-            memory_bytes=j.memory_bytes,
-        )
+        _job_view(j, None)
         for j in session.scalars(
             select(Job).where(Job.state == JobState.PENDING.value).order_by(Job.id)
         )
