@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from corral.scheduler import DeviceView, FifoPolicy, JobView, NodeView, Snapshot
+from corral.scheduler import DeviceView, FifoPolicy, JobView, NodeView, Placement, Snapshot
 
 
 def node(name: str, gpus: int, *, ready: bool = True, busy: tuple[int, ...] = ()) -> NodeView:
@@ -26,7 +26,7 @@ def test_oldest_first_and_a_big_job_does_not_block_small_ones() -> None:
 
 
 def test_running_jobs_keep_their_gpus() -> None:
-    running = (job(1, 2, node="a", gpu_ids=(0, 2)),)
+    running = (job(1, 2, placements=(Placement("a", (0, 2)),)),)
     d = FifoPolicy().schedule(
         Snapshot(nodes=(node("a", 4),), running=running, pending=(job(2, 2),))
     )
@@ -34,7 +34,7 @@ def test_running_jobs_keep_their_gpus() -> None:
 
 
 def test_best_fit_prefers_the_fullest_node_that_fits() -> None:
-    running = (job(1, 6, node="b", gpu_ids=(0, 1, 2, 3, 4, 5)),)
+    running = (job(1, 6, placements=(Placement("b", (0, 1, 2, 3, 4, 5)),)),)
     d = FifoPolicy().schedule(
         Snapshot(nodes=(node("a", 8), node("b", 8)), running=running, pending=(job(2, 2),))
     )

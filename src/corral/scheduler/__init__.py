@@ -10,8 +10,14 @@ from corral.scheduler.model import (
     Decisions,
     DeviceView,
     JobView,
+    MigSliceView,
     NodeView,
+    Placement,
     Policy,
+    Preemption,
+    ProjectShare,
+    ProjectView,
+    SchedulerConfig,
     Snapshot,
 )
 
@@ -21,7 +27,13 @@ __all__ = [
     "DeviceView",
     "FifoPolicy",
     "JobView",
+    "MigSliceView",
     "NodeView",
+    "Placement",
     "Policy",
+    "Preemption",
+    "ProjectShare",
+    "ProjectView",
+    "SchedulerConfig",
     "Snapshot",
 ]

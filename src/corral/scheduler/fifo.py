@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from corral.scheduler.model import Binding, Decisions, JobView, NodeView, Snapshot
+from corral.scheduler.model import Binding, Decisions, JobView, NodeView, Placement, Snapshot
 
 
 @dataclass
@@ -34,19 +34,20 @@ def _free_capacity(snapshot: Snapshot) -> dict[str, _Free]:
             memory_bytes=node.memory_bytes,
         )
     for job in snapshot.running:
-        slot = free.get(job.node or "")
-        if slot is None:
-            continue
-        slot.gpus = [g for g in slot.gpus if g not in job.gpu_ids]
-        slot.cpus -= job.cpus or 0.0
-        slot.memory_bytes -= job.memory_bytes or 0
+        for placement in job.placements:
+            slot = free.get(placement.node)
+            if slot is None:
+                continue
+            slot.gpus = [g for g in slot.gpus if g not in placement.gpu_ids]
+            slot.cpus -= job.cpus or 0.0
+            slot.memory_bytes -= job.memory_bytes or 0
     return free
 
 
 def _fits(job: JobView, slot: _Free) -> bool:
     return (
         slot.node.schedulable
-        and len(slot.gpus) >= job.gpus
+        and len(slot.gpus) >= int(job.gpus)
         and (job.cpus is None or slot.cpus >= job.cpus)
         and (job.memory_bytes is None or slot.memory_bytes >= job.memory_bytes)
     )
@@ -60,7 +61,7 @@ def _why_not(job: JobView, free: dict[str, _Free]) -> str:
         return "no node is ready (all are not ready, down or cordoned)"
     biggest = max(ready, key=lambda s: len(s.gpus))
     if len(biggest.gpus) < job.gpus:
-        want = f"{job.gpus} free GPU{'s' if job.gpus != 1 else ''}"
+        want = f"{job.gpus:g} free GPU{'s' if job.gpus != 1 else ''}"
         if not biggest.gpus:
             total = sum(len(s.node.devices) for s in ready)
             return f"waiting for {want} on one node (all {total} GPUs of ready nodes are in use)"
@@ -86,9 +87,11 @@ class FifoPolicy:
                 continue
             # Best fit: fewest free GPUs left after placing; ties by name for determinism.
             slot = min(candidates, key=lambda s: (len(s.gpus) - job.gpus, s.node.name))
-            taken = tuple(sorted(slot.gpus)[: job.gpus])
+            taken = tuple(sorted(slot.gpus)[: int(job.gpus)])
             slot.gpus = [g for g in slot.gpus if g not in taken]
             slot.cpus -= job.cpus or 0.0
             slot.memory_bytes -= job.memory_bytes or 0
-            decisions.bindings.append(Binding(job_id=job.id, node=slot.node.name, gpu_ids=taken))
+            decisions.bindings.append(
+                Binding(job_id=job.id, placements=(Placement(slot.node.name, taken),))
+            )
         return decisions

@@ -16,7 +16,15 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from corral.core.states import JobState, NodeState
-from corral.scheduler import Decisions, DeviceView, JobView, NodeView, Policy, Snapshot
+from corral.scheduler import (
+    Decisions,
+    DeviceView,
+    JobView,
+    NodeView,
+    Placement,
+    Policy,
+    Snapshot,
+)
 from corral.server.services.jobs import change_state
 from corral.server.services.nodes import HOLDING_STATES
 from corral.store.models import GpuAllocation, Job, Node
@@ -35,11 +43,10 @@ def _job_view(job: Job, node: str | None) -> JobView:
         name=job.name,
         project=job.project.name,
         order=job.id,
-        gpus=int(job.gpus),
+        gpus=job.gpus,
         cpus=job.cpus,
         memory_bytes=job.memory_bytes,
-        node=node,
-        gpu_ids=tuple(job.gpu_ids) if node else (),
+        placements=(Placement(node, tuple(job.gpu_ids)),) if node else (),
     )
 
 
