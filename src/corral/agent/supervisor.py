@@ -166,6 +166,8 @@ class Supervisor:
                 )
             elif any(k[0] == a.job_id for k in self._live):
                 pass  # an older attempt is still ending here: start once it is gone
+            elif any(k[0] in a.after for k in self._live):
+                pass  # jobs it preempted still hold its GPUs here: start once they are gone
             else:
                 self._start(a)
         for key, live in list(self._live.items()):

@@ -121,8 +121,37 @@ class JoinTokenCreate(_Strict):
 # ---------------------------------------------------------------- projects
 
 
-class ProjectCreate(_Strict):
+MAX_QUOTA_GPUS = 1_000_000.0
+MAX_PROJECT_PRIORITY = 1000
+
+
+class ProjectSettings(_Strict):
+    """A project's scheduling settings. Every field is optional in an update (PATCH).
+
+    GPU amounts may be fractional (0.5 = half a GPU). ``weight`` defaults to the quota;
+    ``limit`` None = no hard cap; ``pools`` None = every node pool; ``parent`` names a
+    department project whose quota bounds its children's.
+    """
+
+    quota: float | None = Field(default=None, ge=0, le=MAX_QUOTA_GPUS)
+    weight: float | None = Field(default=None, ge=0, le=MAX_QUOTA_GPUS)
+    limit: float | None = Field(default=None, ge=0, le=MAX_QUOTA_GPUS)
+    priority: int | None = Field(default=None, ge=-MAX_PROJECT_PRIORITY, le=MAX_PROJECT_PRIORITY)
+    pools: list[Name] | None = Field(default=None, max_length=256)
+    interactive_limit_seconds: float | None = Field(default=None, gt=0, le=366 * 86400)
+    parent: Name | None = None
+
+
+class ProjectCreate(ProjectSettings):
     name: Name
+
+
+class ProjectUpdate(ProjectSettings):
+    """Fields to change; ``clear`` lists fields to reset to their default (e.g. limit)."""
+
+    clear: list[Literal["weight", "limit", "pools", "interactive_limit_seconds", "parent"]] = Field(
+        default_factory=list
+    )
 
 
 class ProjectMemberAdd(_Strict):
@@ -130,12 +159,40 @@ class ProjectMemberAdd(_Strict):
 
 
 class ProjectOut(BaseModel):
+    """A project with its settings and where it stands now (GPU amounts in GPUs)."""
+
     name: str
     members: list[str]
+    quota: float
+    weight: float
+    limit: float | None
+    priority: int
+    pools: list[str] | None
+    interactive_limit_seconds: float | None
+    parent: str | None
+    fair_share: float | None
     jobs_running: int
     jobs_pending: int
     gpus_allocated: float
     created_at: datetime
+
+
+class QueueEntry(BaseModel):
+    """One pending job in scheduling order, with why it waits."""
+
+    position: int
+    name: str
+    project: str
+    user: str
+    kind: JobKind
+    priority: int
+    gpus: float
+    waiting_seconds: float
+    reason: str | None
+
+
+class QueueOut(BaseModel):
+    jobs: list[QueueEntry]
 
 
 # ---------------------------------------------------------------- jobs
@@ -159,6 +216,8 @@ class JobSubmit(_Strict):
         le=MAX_GRACE_SECONDS,
         description="Time between SIGTERM and SIGKILL when the job is stopped.",
     )
+    priority: int = Field(default=0, ge=-1000, le=1000, description="Within the project.")
+    pool: Name | None = Field(default=None, description="Node pool the job must run in.")
 
     @field_validator("gpus")
     @classmethod
@@ -236,6 +295,8 @@ class JobOut(BaseModel):
     exit_code: int | None
     reason: str | None
     deleted: bool
+    priority: int
+    pool: str | None
 
 
 class JobDetail(JobOut):
@@ -272,6 +333,7 @@ class NodeInventory(_Strict):
     simulated: bool = False
     gpu_backend: str = Field(default="none", max_length=32, description="nvml | simulated | none")
     agent_version: str = Field(default="", max_length=64)
+    pool: Name = Field(default="default", description="The node pool this node belongs to.")
     runs_jobs_as: str = Field(
         default="",
         max_length=64,
@@ -290,6 +352,7 @@ class NodeInventory(_Strict):
 class NodeOut(BaseModel):
     name: str
     state: NodeState
+    pool: str
     hostname: str
     cpu_cores: int
     memory_bytes: int
@@ -344,6 +407,11 @@ class Assignment(BaseModel):
     memory_bytes: int | None
     grace_seconds: float
     stop: bool
+    after: list[int] = Field(
+        default_factory=list,
+        description="Jobs on this node that must be gone before this one starts: the "
+        "jobs it preempted, which are still stopping.",
+    )
 
 
 class JobReport(_Strict):

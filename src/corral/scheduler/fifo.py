@@ -84,6 +84,7 @@ class FifoPolicy:
             candidates = [s for s in free.values() if _fits(job, s)]
             if not candidates:
                 decisions.reasons[job.id] = _why_not(job, free)
+                decisions.queue.append(job.id)
                 continue
             # Best fit: fewest free GPUs left after placing; ties by name for determinism.
             slot = min(candidates, key=lambda s: (len(s.gpus) - job.gpus, s.node.name))

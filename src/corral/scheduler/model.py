@@ -191,13 +191,15 @@ class Decisions:
 
     ``bindings`` may use devices that ``preemptions`` free in the same cycle (the real
     system starts such a job once its victims are gone). ``reasons`` explains every job
-    left pending, in words a researcher understands.
+    left pending, in words a researcher understands. ``queue`` lists the ids of the jobs
+    still pending in the order the policy considered them (what `corral queue` shows).
     """
 
     bindings: list[Binding] = field(default_factory=list)
     preemptions: list[Preemption] = field(default_factory=list)
     reasons: dict[int, str] = field(default_factory=dict)
     projects: dict[str, ProjectShare] = field(default_factory=dict)
+    queue: list[int] = field(default_factory=list)
 
 
 class Policy(Protocol):

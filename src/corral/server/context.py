@@ -6,10 +6,22 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from corral.core.clock import Clock, SystemClock
+from corral.scheduler import ProjectShare
 from corral.server.logstore import LogStore
 from corral.server.settings import ServerSettings
 from corral.server.signals import Signals
 from corral.store.db import Database
+
+
+@dataclass
+class SchedulingView:
+    """What the last scheduling cycle concluded, for `project list` and `corral queue`.
+
+    Derived state, recomputed every cycle; never stored.
+    """
+
+    shares: dict[str, ProjectShare] = field(default_factory=dict)
+    queue: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -20,6 +32,7 @@ class ServerContext:
     clock: Clock = field(default_factory=SystemClock)
     signals: Signals = field(default_factory=Signals)
     started_at: datetime | None = None
+    scheduling: SchedulingView = field(default_factory=SchedulingView)
 
     @classmethod
     def create(cls, settings: ServerSettings, clock: Clock | None = None) -> ServerContext:

@@ -90,11 +90,27 @@ class JoinToken(Base):
 
 
 class Project(Base):
+    """A project (or department, when others name it as parent) and its GPU settings.
+
+    GPU amounts in GPUs (fractions allowed). ``weight`` None = equal to the quota;
+    ``limit`` None = no cap; ``pools`` None = all pools. ``usage_gpu_seconds`` is the
+    time-decayed usage as of ``usage_at`` (only used when a half-life is configured).
+    """
+
     __tablename__ = "projects"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(63), unique=True)
     created_at: Mapped[datetime]
+    quota: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    weight: Mapped[float | None] = mapped_column(Float)
+    limit: Mapped[float | None] = mapped_column(Float)
+    priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    pools: Mapped[list[Any] | None]
+    interactive_limit_seconds: Mapped[float | None] = mapped_column(Float)
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("projects.id"))
+    usage_gpu_seconds: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    usage_at: Mapped[datetime | None]
 
 
 class ProjectMember(Base):
@@ -126,6 +142,7 @@ class Node(Base):
     gpu_backend: Mapped[str] = mapped_column(String(32))
     agent_version: Mapped[str] = mapped_column(String(64))
     runs_jobs_as: Mapped[str] = mapped_column(String(64))
+    pool: Mapped[str] = mapped_column(String(63), default="default", server_default="default")
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     generation: Mapped[int] = mapped_column(BigInteger, default=0)
     registered_at: Mapped[datetime]
@@ -190,10 +207,16 @@ class Job(Base):
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     deleted: Mapped[bool] = mapped_column(Boolean, default=False)
+    priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    pool: Mapped[str | None] = mapped_column(String(63))
+    # Set while the job is being stopped to make room for another: its devices already
+    # belong to that job (the agent starts it once this one is gone).
+    preempted_by_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"))
 
     project: Mapped[Project] = relationship(lazy="joined")
     user: Mapped[User] = relationship(lazy="joined")
     node: Mapped[Node | None] = relationship(lazy="joined")
+    preempted_by: Mapped[Job | None] = relationship(remote_side=[id], lazy="select")
 
 
 class GpuAllocation(Base):

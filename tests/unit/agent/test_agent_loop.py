@@ -407,3 +407,31 @@ def test_a_revoked_node_token_stops_the_agent(server: FakeServer, make_agent: Ma
     thread.join(10)
     assert exit_codes == [1]
     assert "error: the server no longer accepts this node's token" in output(agent)
+
+
+def test_a_preempting_job_starts_only_after_its_victim_is_gone(
+    server: FakeServer, make_agent: MakeAgent
+) -> None:
+    make_agent()
+    # The victim takes 1 s to honour SIGTERM; the job that preempted it must not start
+    # before then, since it was given the victim's GPUs.
+    victim = assignment(
+        20,
+        ["sh", "-c", "trap 'sleep 1; exit 0' TERM; sleep 300 & wait"],
+        grace_seconds=30,
+        gpu_ids=[0],
+    )
+    server.set_assignments(victim)
+    running(server, 20)
+    newcomer = assignment(21, ["true"], gpu_ids=[0], after=[20])
+    server.set_assignments(
+        victim.model_copy(update={"stop": True, "state": JobState.STOPPING}), newcomer
+    )
+    report = final(server, 20)
+    assert report.state == "exited"
+    final(server, 21)
+    victim_end = max(r.at for r in server.reports_for(20) if r.at is not None)
+    newcomer_start = min(
+        r.at for r in server.reports_for(21) if r.state == "running" and r.at is not None
+    )
+    assert newcomer_start >= victim_end

@@ -8,7 +8,7 @@ from fastapi import APIRouter
 
 from corral.core import schemas
 from corral.server.api.deps import CallerDep, CtxDep
-from corral.server.services import accounts
+from corral.server.services import accounts, projects
 from corral.server.services.auth import create_join_token
 
 router = APIRouter()
@@ -54,19 +54,31 @@ def create_project(
     ctx: CtxDep, caller: CallerDep, body: schemas.ProjectCreate
 ) -> schemas.ProjectOut:
     with ctx.db.tx() as s:
-        return accounts.project_out(s, accounts.create_project(s, caller, body, ctx.clock.now()))
+        project = projects.create_project(s, caller, body, ctx.clock.now())
+        return projects.project_out(s, project, ctx.scheduling.shares)
 
 
 @router.get("/projects", tags=["projects"])
 def list_projects(ctx: CtxDep, caller: CallerDep) -> dict[str, list[schemas.ProjectOut]]:
     with ctx.db.tx() as s:
-        return {"projects": accounts.list_projects(s)}
+        return {"projects": projects.list_projects(s, ctx.scheduling.shares)}
 
 
 @router.get("/projects/{name}", response_model=schemas.ProjectOut, tags=["projects"])
 def get_project(ctx: CtxDep, caller: CallerDep, name: str) -> schemas.ProjectOut:
     with ctx.db.tx() as s:
-        return accounts.project_out(s, accounts.get_project(s, name))
+        return projects.project_out(s, accounts.get_project(s, name), ctx.scheduling.shares)
+
+
+@router.patch("/projects/{name}", response_model=schemas.ProjectOut, tags=["projects"])
+def update_project(
+    ctx: CtxDep, caller: CallerDep, name: str, body: schemas.ProjectUpdate
+) -> schemas.ProjectOut:
+    with ctx.db.tx() as s:
+        project = projects.update_project(s, caller, name, body)
+        out = projects.project_out(s, project, ctx.scheduling.shares)
+    ctx.signals.wake_scheduler()
+    return out
 
 
 @router.post("/projects/{name}/members", response_model=schemas.ProjectOut, tags=["projects"])
@@ -74,7 +86,8 @@ def add_member(
     ctx: CtxDep, caller: CallerDep, name: str, body: schemas.ProjectMemberAdd
 ) -> schemas.ProjectOut:
     with ctx.db.tx() as s:
-        return accounts.project_out(s, accounts.add_member(s, caller, name, body.user))
+        project = projects.add_member(s, caller, name, body.user)
+        return projects.project_out(s, project, ctx.scheduling.shares)
 
 
 @router.delete(
@@ -82,7 +95,8 @@ def add_member(
 )
 def remove_member(ctx: CtxDep, caller: CallerDep, name: str, user: str) -> schemas.ProjectOut:
     with ctx.db.tx() as s:
-        return accounts.project_out(s, accounts.remove_member(s, caller, name, user))
+        project = projects.remove_member(s, caller, name, user)
+        return projects.project_out(s, project, ctx.scheduling.shares)
 
 
 @router.post("/join-tokens", response_model=schemas.JoinTokenOut, status_code=201, tags=["nodes"])

@@ -31,6 +31,8 @@ class SchedulerLoop(LoopService):
     def cycle(self) -> None:
         with self.ctx.db.tx() as s:
             result = run_cycle(s, self.policy, self.ctx.clock.now())
+        self.ctx.scheduling.shares = result.shares
+        self.ctx.scheduling.queue = result.queue
         if result.changed_nodes:
             self.ctx.signals.nodes_changed(result.changed_nodes)
             log.debug("scheduler: bound %d job(s), %d pending", result.bound, result.pending)

@@ -5,14 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from corral.core import schemas
 from corral.core.errors import AlreadyExists, Forbidden, NotFound
-from corral.core.states import ACTIVE_JOB_STATES, JobState, Role
+from corral.core.states import Role
 from corral.server.services.auth import create_user_token
-from corral.store.models import Job, Project, ProjectMember, User
+from corral.store.models import Project, ProjectMember, User
 
 DEFAULT_PROJECT = "default"
 
@@ -101,80 +101,3 @@ def user_out(session: Session, user: User) -> schemas.UserOut:
 def list_users(session: Session, caller: Caller) -> list[schemas.UserOut]:
     require_admin(caller)
     return [user_out(session, u) for u in session.scalars(select(User).order_by(User.name))]
-
-
-def create_project(
-    session: Session, caller: Caller, req: schemas.ProjectCreate, now: datetime
-) -> Project:
-    require_admin(caller)
-    if session.scalar(select(Project).where(Project.name == req.name)) is not None:
-        raise AlreadyExists(f"project {req.name!r} already exists", field="name")
-    project = Project(name=req.name, created_at=now)
-    session.add(project)
-    session.flush()
-    return project
-
-
-def add_member(session: Session, caller: Caller, project_name: str, user_name: str) -> Project:
-    require_admin(caller)
-    project = get_project(session, project_name)
-    user = get_user(session, user_name)
-    if not is_member(session, user.id, project.id):
-        session.add(ProjectMember(project_id=project.id, user_id=user.id))
-        session.flush()
-    return project
-
-
-def remove_member(session: Session, caller: Caller, project_name: str, user_name: str) -> Project:
-    require_admin(caller)
-    project = get_project(session, project_name)
-    user = get_user(session, user_name)
-    member = session.get(ProjectMember, {"project_id": project.id, "user_id": user.id})
-    if member is None:
-        raise NotFound(f"{user_name!r} is not a member of project {project_name!r}")
-    session.delete(member)
-    session.flush()
-    return project
-
-
-def project_out(session: Session, project: Project) -> schemas.ProjectOut:
-    members = session.scalars(
-        select(User.name)
-        .join(ProjectMember, ProjectMember.user_id == User.id)
-        .where(ProjectMember.project_id == project.id)
-        .order_by(User.name)
-    )
-    active = [s.value for s in ACTIVE_JOB_STATES]
-    counts: dict[str, int] = {
-        state: n
-        for state, n in session.execute(
-            select(Job.state, func.count())
-            .where(Job.project_id == project.id, Job.state.in_(active))
-            .group_by(Job.state)
-        )
-    }
-    allocated = session.scalar(
-        select(func.coalesce(func.sum(Job.gpus), 0)).where(
-            Job.project_id == project.id,
-            Job.state.in_([s.value for s in JobState if s.holds_devices]),
-        )
-    )
-    running = sum(
-        n
-        for s, n in counts.items()
-        if JobState(s) in (JobState.RUNNING, JobState.STARTING, JobState.BOUND, JobState.STOPPING)
-    )
-    return schemas.ProjectOut(
-        name=project.name,
-        members=list(members),
-        jobs_running=running,
-        jobs_pending=counts.get(JobState.PENDING.value, 0),
-        gpus_allocated=float(allocated or 0),
-        created_at=project.created_at,
-    )
-
-
-def list_projects(session: Session) -> list[schemas.ProjectOut]:
-    return [
-        project_out(session, p) for p in session.scalars(select(Project).order_by(Project.name))
-    ]

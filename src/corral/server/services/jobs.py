@@ -11,6 +11,7 @@ from corral.core import schemas
 from corral.core.errors import AlreadyExists, Conflict, Forbidden, InvalidRequest, NotFound
 from corral.core.states import JobKind, JobState
 from corral.server.services.accounts import Caller, can_use_project, get_project
+from corral.server.services.projects import known_pools
 from corral.store.models import GpuAllocation, Job, JobEvent, Node, Project, User
 
 
@@ -44,6 +45,21 @@ def change_state(
     if new.is_terminal:
         job.finished_at = now
     record_event(session, job, new.value, message, now, actor)
+
+
+def _check_pool(session: Session, req: schemas.JobSubmit, project: Project) -> None:
+    if req.pool is None:
+        return
+    pools = known_pools(session)
+    if req.pool not in pools:
+        raise InvalidRequest(
+            f"pool: unknown pool {req.pool!r} (pools: {', '.join(sorted(pools))})", field="pool"
+        )
+    if project.pools is not None and req.pool not in project.pools:
+        raise InvalidRequest(
+            f"pool: project {project.name!r} may only use pools {', '.join(project.pools)}",
+            field="pool",
+        )
 
 
 def _check_fits_somewhere(session: Session, req: schemas.JobSubmit) -> None:
@@ -98,6 +114,7 @@ def submit(
             "or choose another name",
             field="name",
         )
+    _check_pool(session, req, project)
     _check_fits_somewhere(session, req)
     job = Job(
         name=req.name,
@@ -114,6 +131,8 @@ def submit(
         workdir=req.workdir,
         grace_seconds=req.grace_seconds if req.grace_seconds is not None else default_grace,
         attempt=0,
+        priority=req.priority,
+        pool=req.pool,
         gpu_ids=[],
         created_at=now,
         deleted=False,
@@ -236,6 +255,8 @@ def job_out(job: Job) -> schemas.JobOut:
         exit_code=job.exit_code,
         reason=job.reason,
         deleted=job.deleted,
+        priority=job.priority,
+        pool=job.pool,
     )
 
 

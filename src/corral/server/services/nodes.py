@@ -64,6 +64,7 @@ def register(
     node.gpu_backend = inv.gpu_backend
     node.agent_version = inv.agent_version
     node.runs_jobs_as = inv.runs_jobs_as
+    node.pool = inv.pool
     node.last_heartbeat = now
     node.generation = (node.generation or 0) + 1
     # Update GPU rows in place (by index): allocations refer to indices, and deleting
@@ -156,6 +157,18 @@ def _finish(
             f"could not start on {node.name}{detail}",
             reason=f"could not start{detail}",
         )
+    elif JobState(job.state) is JobState.STOPPING and job.preempted_by_id and not job.deleted:
+        code = "unknown" if report.exit_code is None else str(report.exit_code)
+        reason = job.reason
+        change_state(
+            session,
+            job,
+            JobState.PREEMPTED,
+            at,
+            f"stopped on {node.name} after preemption (exit code {code})",
+            reason=reason,
+        )
+        requeue(session, job, at, reason)
     elif JobState(job.state) is JobState.STOPPING:
         code = "unknown" if report.exit_code is None else str(report.exit_code)
         change_state(
@@ -188,6 +201,22 @@ def _finish(
         )
 
 
+def requeue(session: Session, job: Job, at: datetime, reason: str | None) -> None:
+    """Put a preempted job back in the queue; it keeps its place (submission order)."""
+    job.preempted_by_id = None
+    job.node_id = None
+    job.gpu_ids = []
+    job.pid = None
+    change_state(
+        session,
+        job,
+        JobState.PENDING,
+        at,
+        "back in the queue: it restarts when GPUs are free for it",
+        reason=f"{reason}; waiting to restart" if reason else None,
+    )
+
+
 def heartbeat(session: Session, node: Node, now: datetime) -> None:
     node.last_heartbeat = now
     if node.state in (NodeState.NOT_READY.value, NodeState.DOWN.value, NodeState.REGISTERING.value):
@@ -195,9 +224,18 @@ def heartbeat(session: Session, node: Node, now: datetime) -> None:
 
 
 def desired_state(session: Session, node: Node, now: datetime) -> schemas.SyncResponse:
-    jobs = session.scalars(
-        select(Job).where(Job.node_id == node.id, Job.state.in_(HOLDING_STATES)).order_by(Job.id)
+    jobs = list(
+        session.scalars(
+            select(Job)
+            .where(Job.node_id == node.id, Job.state.in_(HOLDING_STATES))
+            .order_by(Job.id)
+        )
     )
+    # A job bound to devices that jobs it preempted still hold starts after they are gone.
+    after: dict[int, list[int]] = {}
+    for j in jobs:
+        if j.preempted_by_id is not None:
+            after.setdefault(j.preempted_by_id, []).append(j.id)
     uuids = {g.index: g.uuid for g in node.gpus}
     assignments = [
         schemas.Assignment(
@@ -218,6 +256,7 @@ def desired_state(session: Session, node: Node, now: datetime) -> schemas.SyncRe
             memory_bytes=j.memory_bytes,
             grace_seconds=j.grace_seconds,
             stop=j.state == JobState.STOPPING.value,
+            after=after.get(j.id, []),
         )
         for j in jobs
     ]
@@ -281,6 +320,7 @@ def node_out(session: Session, node: Node) -> schemas.NodeOut:
     return schemas.NodeOut(
         name=node.name,
         state=NodeState(node.state),
+        pool=node.pool,
         hostname=node.hostname,
         cpu_cores=node.cpu_cores,
         memory_bytes=node.memory_bytes,

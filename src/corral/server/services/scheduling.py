@@ -4,6 +4,12 @@ The policy is pure (`corral.scheduler`); this module is the only place that turn
 into a `Snapshot` and `Decisions` back into rows. Bindings are applied with the
 database's guarantee that a GPU has one holder (`GpuAllocation`'s primary key), so a
 bug in a policy can not double-book a device.
+
+Preemption hands the victim's devices to the job that preempted it at once: the victim
+goes to ``stopping`` with ``preempted_by_id`` set and no allocation rows, the new job is
+bound to those devices, and the agent starts it only when the victim is gone (the
+assignment's ``after`` list). A stopping victim is therefore not in the snapshot: its
+devices are already counted for the job that replaces it.
 """
 
 from __future__ import annotations
@@ -11,11 +17,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from corral.core.states import JobState, NodeState
+from corral.core.states import JobKind, JobState, NodeState
 from corral.scheduler import (
     Decisions,
     DeviceView,
@@ -23,18 +29,24 @@ from corral.scheduler import (
     NodeView,
     Placement,
     Policy,
+    Preemption,
+    ProjectShare,
+    ProjectView,
     Snapshot,
 )
 from corral.server.services.jobs import change_state
 from corral.server.services.nodes import HOLDING_STATES
-from corral.store.models import GpuAllocation, Job, Node
+from corral.store.models import GpuAllocation, Job, Node, Project
 
 
 @dataclass
 class CycleResult:
     bound: int = 0
+    preempted: int = 0
     pending: int = 0
     changed_nodes: set[int] = field(default_factory=set)
+    shares: dict[str, ProjectShare] = field(default_factory=dict)
+    queue: list[int] = field(default_factory=list)
 
 
 def _job_view(job: Job, node: str | None) -> JobView:
@@ -43,7 +55,10 @@ def _job_view(job: Job, node: str | None) -> JobView:
         name=job.name,
         project=job.project.name,
         order=job.id,
+        kind="interactive" if job.kind == JobKind.INTERACTIVE.value else "train",
+        priority=job.priority,
         gpus=job.gpus,
+        pool=job.pool,
         cpus=job.cpus,
         memory_bytes=job.memory_bytes,
         placements=(Placement(node, tuple(job.gpu_ids)),) if node else (),
@@ -53,7 +68,9 @@ def _job_view(job: Job, node: str | None) -> JobView:
 def build_snapshot(session: Session) -> tuple[Snapshot, dict[str, Node]]:
     nodes = {n.name: n for n in session.scalars(select(Node).order_by(Node.name))}
     node_by_id = {n.id: n for n in nodes.values()}
-    views = tuple(
+    projects = list(session.scalars(select(Project).order_by(Project.id)))
+    project_names = {p.id: p.name for p in projects}
+    node_views = tuple(
         NodeView(
             name=n.name,
             schedulable=NodeState(n.state).schedulable,
@@ -62,12 +79,29 @@ def build_snapshot(session: Session) -> tuple[Snapshot, dict[str, Node]]:
             ),
             cpu_cores=n.cpu_cores,
             memory_bytes=n.memory_bytes,
+            pool=n.pool,
         )
         for n in nodes.values()
     )
+    project_views = tuple(
+        ProjectView(
+            name=p.name,
+            quota=p.quota,
+            weight=p.weight,
+            limit=p.limit,
+            priority=p.priority,
+            pools=tuple(p.pools) if p.pools is not None else None,
+            parent=project_names.get(p.parent_id) if p.parent_id else None,
+            order=p.id,
+        )
+        for p in projects
+    )
+    holding = session.scalars(
+        select(Job).where(Job.state.in_(HOLDING_STATES), Job.preempted_by_id.is_(None))
+    )
     running = tuple(
         _job_view(j, node_by_id[j.node_id].name if j.node_id in node_by_id else None)
-        for j in session.scalars(select(Job).where(Job.state.in_(HOLDING_STATES)))
+        for j in holding
     )
     pending = tuple(
         _job_view(j, None)
@@ -75,18 +109,44 @@ def build_snapshot(session: Session) -> tuple[Snapshot, dict[str, Node]]:
             select(Job).where(Job.state == JobState.PENDING.value).order_by(Job.id)
         )
     )
-    return Snapshot(nodes=views, running=running, pending=pending), nodes
+    snapshot = Snapshot(nodes=node_views, running=running, pending=pending, projects=project_views)
+    return snapshot, nodes
+
+
+def _preempt(session: Session, p: Preemption, now: datetime, result: CycleResult) -> None:
+    victim = session.get(Job, p.job_id)
+    by = session.get(Job, p.by_job_id)
+    if victim is None or by is None or not JobState(victim.state).holds_devices:
+        return
+    message = f"preempted by {by.name} of {by.project.name}: {p.reason}"
+    if victim.state != JobState.STOPPING.value:
+        change_state(session, victim, JobState.STOPPING, now, message, reason=message)
+    else:
+        victim.reason = message
+    victim.preempted_by_id = by.id
+    # Its devices now belong to the job that preempted it (bound below, same transaction).
+    session.execute(delete(GpuAllocation).where(GpuAllocation.job_id == victim.id))
+    if victim.node_id is not None:
+        node = session.get(Node, victim.node_id)
+        assert node is not None
+        node.generation += 1
+        result.changed_nodes.add(node.id)
+    result.preempted += 1
 
 
 def apply_decisions(
     session: Session, decisions: Decisions, nodes: dict[str, Node], now: datetime
 ) -> CycleResult:
-    result = CycleResult()
+    result = CycleResult(shares=dict(decisions.projects), queue=list(decisions.queue))
+    for preemption in decisions.preemptions:
+        _preempt(session, preemption, now, result)
     for binding in decisions.bindings:
         job = session.get(Job, binding.job_id)
         node = nodes.get(binding.node)
         if job is None or node is None or job.state != JobState.PENDING.value:
             continue
+        if len(binding.placements) != 1:
+            continue  # gangs in the real system come with job workers (next step)
         try:
             with session.begin_nested():
                 session.add_all(
@@ -101,6 +161,9 @@ def apply_decisions(
         job.gpu_ids = list(binding.gpu_ids)
         job.attempt += 1
         job.exit_code = None
+        job.pid = None
+        job.started_at = None
+        job.finished_at = None
         gpus = ",".join(str(i) for i in binding.gpu_ids)
         what = f"GPUs [{gpus}]" if gpus else "no GPUs"
         change_state(
@@ -123,6 +186,4 @@ def apply_decisions(
 
 def run_cycle(session: Session, policy: Policy, now: datetime) -> CycleResult:
     snapshot, nodes = build_snapshot(session)
-    if not snapshot.pending:
-        return CycleResult()
     return apply_decisions(session, policy.schedule(snapshot), nodes, now)
