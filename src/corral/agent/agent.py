@@ -160,7 +160,12 @@ class Agent:
         # Private: it holds the node token and, below jobs/, every job's output.
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         registration = self._register(
-            host_inventory(self.node_name, gpus, runs_jobs_as=self.usermap.runs_jobs_as)
+            host_inventory(
+                self.node_name,
+                gpus,
+                runs_jobs_as=self.usermap.runs_jobs_as,
+                pool=self.config.pool,
+            )
         )
         if registration is None:
             return False

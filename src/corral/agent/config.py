@@ -19,6 +19,7 @@ class AgentConfig:
     - ``simulate_gpus``: a profile such as ``8xA100-80GB``; None means real GPUs via NVML.
     - ``user_map``: corral user → Unix account overrides (``"*"`` matches everyone).
     - ``allow_root_jobs``: let jobs run as root when the mapping resolves to root.
+    - ``pool``: the node pool this node belongs to.
     - ``grace_seconds``: default time between SIGTERM and SIGKILL.
     - ``log_flush_seconds``: how often job output is shipped to the server.
     """
@@ -30,5 +31,6 @@ class AgentConfig:
     simulate_gpus: str | None = None
     user_map: dict[str, str] = field(default_factory=dict)
     allow_root_jobs: bool = False
+    pool: str = "default"
     grace_seconds: float = 10.0
     log_flush_seconds: float = 0.5

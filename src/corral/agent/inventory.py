@@ -12,7 +12,9 @@ from corral.agent.gpus.base import GpuInventory
 from corral.core.schemas import NodeInventory
 
 
-def host_inventory(node_name: str, gpus: GpuInventory, *, runs_jobs_as: str) -> NodeInventory:
+def host_inventory(
+    node_name: str, gpus: GpuInventory, *, runs_jobs_as: str, pool: str = "default"
+) -> NodeInventory:
     """The node's CPU cores (logical), memory (bytes), GPUs and versions.
 
     ``runs_jobs_as`` is ``"mapped-user"`` for a root agent, else its account name
@@ -30,4 +32,5 @@ def host_inventory(node_name: str, gpus: GpuInventory, *, runs_jobs_as: str) -> 
         gpu_backend=gpus.backend,
         agent_version=__version__,
         runs_jobs_as=runs_jobs_as,
+        pool=pool,
     )

@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from corral.agent.config import AgentConfig
-from corral.cli.params import DURATION, KEY_VALUE, NODE_NAME, SERVER_URL
+from corral.cli.params import DURATION, KEY_VALUE, NODE_NAME, POOL_NAME, SERVER_URL
 from corral.core.names import NAME_RE
 from corral.core.quantities import format_duration
 from corral.server.settings import ServerSettings
@@ -195,6 +195,13 @@ Examples:
     help="Allow jobs to run as root when the user map says so (refused by default).",
 )
 @click.option(
+    "--pool",
+    type=POOL_NAME,
+    default=_AGENT_DEFAULTS.pool,
+    show_default=True,
+    help="Node pool this node belongs to (jobs and projects can be pinned to pools).",
+)
+@click.option(
     "--grace-period",
     type=DURATION,
     default=_AGENT_DEFAULTS.grace_seconds,
@@ -213,6 +220,7 @@ def agent(
     user_map: tuple[tuple[str, str], ...],
     user_map_file: Path | None,
     allow_root_jobs: bool,
+    pool: str,
     grace_period: float,
 ) -> None:
     """Run a Corral agent, making this machine a node of the cluster.
@@ -238,6 +246,7 @@ def agent(
         simulate_gpus=simulate_gpus,
         user_map=mapping,
         allow_root_jobs=allow_root_jobs,
+        pool=pool,
         grace_seconds=grace_period,
     )
     from corral.agent.agent import run_agent  # here, not at the top: see the module docstring

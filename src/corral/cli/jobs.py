@@ -11,19 +11,20 @@ from pydantic import ValidationError
 
 from corral.cli.config import CliState, pass_state
 from corral.cli.job_views import print_job, print_jobs
-from corral.cli.output import output_option, parse, print_data, print_empty
+from corral.cli.output import number, output_option, parse, print_data, print_empty, print_table
 from corral.cli.params import (
     DURATION,
     JOB_NAME,
     KEY_VALUE,
     MEMORY,
+    POOL_NAME,
     USER_NAME,
     project_option,
 )
 from corral.client import ApiClient
 from corral.core.errors import CorralError, NotFound
 from corral.core.quantities import format_duration
-from corral.core.schemas import JobDetail, JobList, JobOut, JobSubmit
+from corral.core.schemas import JobDetail, JobList, JobOut, JobSubmit, QueueOut
 from corral.core.states import JobKind, JobState
 
 _RESOLVE_HELP = "Project of the job. Needed only when the name exists in several of your projects."
@@ -39,6 +40,8 @@ _SUBMIT_FIELD_OPTIONS = {
     "env": "--env",
     "workdir": "--workdir",
     "grace_seconds": "--grace-period",
+    "priority": "--priority",
+    "pool": "--pool",
 }
 
 
@@ -112,6 +115,14 @@ Examples:
     metavar="DURATION",
     help="Time between SIGTERM and SIGKILL when the job is stopped, e.g. 30s.",
 )
+@click.option(
+    "--priority",
+    type=click.IntRange(-1000, 1000),
+    default=0,
+    show_default=True,
+    help="Priority within the project: higher starts first and is preempted last.",
+)
+@click.option("--pool", type=POOL_NAME, help="Node pool the job must run in.")
 @output_option
 @pass_state
 def submit(
@@ -127,6 +138,8 @@ def submit(
     kind: str | None,
     interactive: bool,
     grace_period: float | None,
+    priority: int,
+    pool: str | None,
     output: str,
 ) -> None:
     """Submit a job that runs a command on the cluster.
@@ -154,6 +167,8 @@ def submit(
             env=dict(env),
             workdir=workdir,
             grace_seconds=grace_period,
+            priority=priority,
+            pool=pool,
         )
     except ValidationError as exc:
         # The same checks the server makes, run here so a mistake costs no round trip.
@@ -337,4 +352,43 @@ def delete(state: CliState, name: str, project: str | None) -> None:
         click.echo(f"Job {job.name} deleted.")
 
 
-COMMANDS: Sequence[click.Command] = (submit, list_jobs, get, logs, delete)
+@click.command()
+@project_option("Show only this project's pending jobs.")
+@output_option
+@pass_state
+def queue(state: CliState, project: str | None, output: str) -> None:
+    """Show the pending queue in scheduling order, and why each job waits.
+
+    The order is the one the scheduler used in its last cycle: projects furthest below
+    their fair share first, then (inside a project) interactive before train, higher
+    priority, older.
+    """
+    with state.client() as api:
+        data = api.get("/queue", project=project)
+    if output != "table":
+        print_data(data["jobs"], output)
+        return
+    entries = parse(QueueOut, data).jobs
+    if not entries:
+        click.echo("No jobs are waiting.")
+        return
+    print_table(
+        ("#", "NAME", "PROJECT", "USER", "KIND", "PRIORITY", "GPUS", "WAITING", "REASON"),
+        [
+            [
+                str(e.position),
+                e.name,
+                e.project,
+                e.user,
+                e.kind.value,
+                str(e.priority),
+                number(e.gpus),
+                format_duration(e.waiting_seconds),
+                e.reason or "-",
+            ]
+            for e in entries
+        ],
+    )
+
+
+COMMANDS: Sequence[click.Command] = (submit, list_jobs, queue, get, logs, delete)

@@ -20,7 +20,7 @@ from corral.core.errors import CorralError, Unauthorized, Unavailable
 # Sections of `corral --help`, in the order a new user meets them. A command missing here
 # is still listed, under "Other commands", so a new command can never be hidden.
 _SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("Jobs", ("submit", "list", "get", "logs", "delete")),
+    ("Jobs", ("submit", "list", "queue", "get", "logs", "delete")),
     ("Cluster", ("nodes", "node", "project")),
     ("Account", ("login", "logout", "whoami")),
     ("Administration", ("user", "join-token")),

@@ -106,6 +106,8 @@ def job(name: str = "train-1", project: str = "team-a", **fields: Any) -> dict[s
         "exit_code": None,
         "reason": None,
         "deleted": False,
+        "priority": 0,
+        "pool": None,
     }
     data.update(fields)
     return data
@@ -139,6 +141,7 @@ def node(
         "name": name,
         "state": "ready",
         "hostname": name,
+        "pool": "default",
         "cpu_cores": 64,
         "memory_bytes": 512 * 1024**3,
         "gpus": len(gpus),
@@ -165,6 +168,14 @@ def project(name: str, members: Sequence[str] = (), **fields: Any) -> dict[str, 
         "jobs_running": 0,
         "jobs_pending": 0,
         "gpus_allocated": 0.0,
+        "quota": 0.0,
+        "weight": 0.0,
+        "limit": None,
+        "priority": 0,
+        "pools": None,
+        "interactive_limit_seconds": None,
+        "parent": None,
+        "fair_share": None,
         "created_at": ts(timedelta(days=1)),
     }
     data.update(fields)

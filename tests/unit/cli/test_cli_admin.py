@@ -8,6 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from cli_fakes import NOW, SERVER, FakeApi, Runner, project, ts
 
@@ -19,8 +20,19 @@ def cells(line: str) -> list[str]:
 def test_project_list_marks_the_current_project(run: Runner, api: FakeApi, logged_in: Path) -> None:
     logged_in.write_text(json.dumps({"server": SERVER, "token": "t", "project": "team-b"}))
     projects = [
-        project("team-a", ["alice"], jobs_running=2, jobs_pending=1, gpus_allocated=6.0),
-        project("team-b", ["alice", "bob"], gpus_allocated=0.5),
+        project(
+            "team-a",
+            ["alice"],
+            jobs_running=2,
+            jobs_pending=1,
+            gpus_allocated=6.0,
+            quota=4.0,
+            weight=4.0,
+            fair_share=8.0,
+            limit=10.0,
+            priority=1,
+        ),
+        project("team-b", ["alice", "bob"], gpus_allocated=0.5, quota=2.0, parent="dept"),
         project("empty"),
     ]
     api.on("GET", "/projects", json={"projects": projects})
@@ -29,11 +41,12 @@ def test_project_list_marks_the_current_project(run: Runner, api: FakeApi, logge
 
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert cells(lines[0]) == ["NAME", "MEMBERS", "RUNNING", "PENDING", "GPUS-ALLOCATED",
-                               "CURRENT"]  # fmt: skip
-    assert cells(lines[1]) == ["team-a", "alice", "2", "1", "6"]
-    assert cells(lines[2]) == ["team-b", "alice,bob", "0", "0", "0.5", "*"]
-    assert cells(lines[3]) == ["empty", "-", "0", "0", "0"]
+    assert cells(lines[0]) == ["NAME", "QUOTA", "FAIR-SHARE", "ALLOCATED", "RUNNING", "PENDING",
+                               "LIMIT", "PRIORITY", "PARENT", "MEMBERS", "CURRENT"]  # fmt: skip
+    assert cells(lines[1]) == ["team-a", "4", "8", "6", "2", "1", "10", "1", "-", "alice"]
+    assert cells(lines[2]) == ["team-b", "2", "-", "0.5", "0", "0", "-", "0", "dept",
+                               "alice,bob", "*"]  # fmt: skip
+    assert cells(lines[3]) == ["empty", "0", "-", "0", "0", "0", "-", "0", "-", "-"]
 
 
 def test_project_list_yaml(run: Runner, api: FakeApi) -> None:
@@ -49,7 +62,84 @@ def test_project_create(run: Runner, api: FakeApi) -> None:
 
     assert result.exit_code == 0, result.output
     assert api.body("POST", "/projects") == {"name": "team-c"}
-    assert result.stdout.startswith("Project team-c created.\n")
+    assert result.stdout.startswith("Project team-c created: quota 0, weight 0.\n")
+
+
+def test_project_create_with_settings(run: Runner, api: FakeApi) -> None:
+    created = project(
+        "team-c",
+        quota=4.0,
+        weight=2.0,
+        limit=6.0,
+        priority=5,
+        pools=["a100"],
+        interactive_limit_seconds=28800.0,
+        parent="dept",
+    )
+    api.on("POST", "/projects", json=created, status=201)
+
+    result = run(
+        "project",
+        "create",
+        "team-c",
+        "--quota",
+        "4",
+        "--weight",
+        "2",
+        "--limit",
+        "6",
+        "--priority",
+        "5",
+        "--pools",
+        "a100",
+        "--interactive-limit",
+        "8h",
+        "--parent",
+        "dept",
+    )
+
+    assert result.exit_code == 0, result.output
+    assert api.body("POST", "/projects") == {
+        "name": "team-c",
+        "quota": 4.0,
+        "weight": 2.0,
+        "limit": 6.0,
+        "priority": 5,
+        "pools": ["a100"],
+        "interactive_limit_seconds": 28800.0,
+        "parent": "dept",
+    }
+    assert (
+        "quota 4, weight 2, limit 6, priority 5, pools a100, interactive limit 8h0m, parent dept"
+    ) in result.stdout
+
+
+def test_project_update_sends_only_what_changes(run: Runner, api: FakeApi) -> None:
+    api.on("PATCH", "/projects/team-a", json=project("team-a", quota=6.0, weight=6.0))
+
+    result = run("project", "update", "team-a", "--quota", "6", "--no-limit")
+
+    assert result.exit_code == 0, result.output
+    assert api.body("PATCH", "/projects/team-a") == {"quota": 6.0, "clear": ["limit"]}
+    assert run("project", "update", "team-a").exit_code == 2
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--quota", "-1"],
+        ["--weight", "-2"],
+        ["--priority", "5000"],
+        ["--interactive-limit", "soon"],
+        ["--parent", "A/B"],
+    ],
+)
+def test_project_settings_refused_before_sending(
+    run: Runner, api: FakeApi, args: list[str]
+) -> None:
+    result = run("project", "create", "x", *args)
+    assert result.exit_code == 2
+    assert args[0] in result.output
 
 
 def test_project_members(run: Runner, api: FakeApi) -> None:

@@ -126,3 +126,11 @@ async def job_logs(
             await asyncio.sleep(LOG_POLL_SECONDS)
 
     return StreamingResponse(body(), media_type="text/plain; charset=utf-8")
+
+
+@router.get("/queue", response_model=schemas.QueueOut)
+def queue(ctx: CtxDep, caller: CallerDep, project: str | None = None) -> schemas.QueueOut:
+    """Pending jobs in the order the scheduler considers them, each with why it waits."""
+    with ctx.db.tx() as s:
+        pending = job_service.list_jobs(s, project=project, state=JobState.PENDING.value)
+        return job_service.queue_out(pending, ctx.scheduling.queue, ctx.clock.now())

@@ -9,6 +9,7 @@ from corral.scheduler import FifoPolicy, Policy
 from corral.server.context import ServerContext
 from corral.server.loops.base import LoopService
 from corral.server.services import nodes as node_service
+from corral.server.services.limits import stop_overdue_interactive
 from corral.server.services.scheduling import run_cycle
 
 log = logging.getLogger("corral.server")
@@ -42,7 +43,7 @@ class SchedulerLoop(LoopService):
 
 
 class NodeHealthLoop(LoopService):
-    """Marks nodes not_ready / down when their heartbeats stop."""
+    """Marks nodes not_ready / down when their heartbeats stop, and enforces time limits."""
 
     name = "node-health"
 
@@ -61,6 +62,7 @@ class NodeHealthLoop(LoopService):
                 down_after=settings.node_down_after,
                 server_started_at=self.ctx.started_at or now,
             )
+            changed |= stop_overdue_interactive(s, now)
         if changed:
             self.ctx.signals.nodes_changed(changed)
         if freed:

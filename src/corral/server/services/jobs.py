@@ -271,3 +271,26 @@ def job_detail(session: Session, job: Job) -> schemas.JobDetail:
             for e in events
         ],
     )
+
+
+def queue_out(pending: list[Job], order: list[int], now: datetime) -> schemas.QueueOut:
+    """Pending jobs in the last cycle's scheduling order; jobs the scheduler has not seen
+    yet (submitted since) follow in submission order."""
+    rank = {job_id: i for i, job_id in enumerate(order)}
+    ordered = sorted(pending, key=lambda j: (rank.get(j.id, len(rank)), j.id))
+    return schemas.QueueOut(
+        jobs=[
+            schemas.QueueEntry(
+                position=i + 1,
+                name=j.name,
+                project=j.project.name,
+                user=j.user.name,
+                kind=JobKind(j.kind),
+                priority=j.priority,
+                gpus=j.gpus,
+                waiting_seconds=max(0.0, (now - j.created_at).total_seconds()),
+                reason=j.reason,
+            )
+            for i, j in enumerate(ordered)
+        ]
+    )
