@@ -130,3 +130,27 @@ def test_interactive_jobs_are_stopped_when_the_project_limit_passes(server: Harn
     assert server.job("train", "lab")["state"] == "running"  # train jobs have no such limit
     [a] = [a for a in server.sync(node)["assignments"] if a["name"] == "nb"]
     assert a["stop"] is True
+
+
+def test_decayed_usage_halves_per_half_life_and_reaches_the_policy(server: Harness) -> None:
+    from corral.server.services.scheduling import run_cycle
+
+    server.ctx.settings.usage_half_life = 3600
+    node = server.register("n1", gpus=4)
+    server.submit("j", gpus=2)
+    server.cycle()
+    job_id = server.job("j")["id"]
+    server.sync(node, [{"job_id": job_id, "attempt": 1, "state": "running", "pid": 1}])
+    policy = Scripted(lambda snap: Decisions())
+    with server.ctx.db.tx() as s:
+        run_cycle(s, policy, server.clock.now(), 3600)
+    server.clock.advance(3600)  # one half-life running 2 GPUs: 7200 GPU-seconds
+    with server.ctx.db.tx() as s:
+        run_cycle(s, policy, server.clock.now(), 3600)
+    assert policy.seen[-1].usage["default"] == 7200
+    assert policy.seen[-1].config.usage_half_life == 3600
+    server.sync(node, [{"job_id": job_id, "attempt": 1, "state": "exited", "exit_code": 0}])
+    server.clock.advance(3600)  # idle for one half-life: it halves
+    with server.ctx.db.tx() as s:
+        run_cycle(s, policy, server.clock.now(), 3600)
+    assert policy.seen[-1].usage["default"] == 3600

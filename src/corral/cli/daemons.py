@@ -79,6 +79,13 @@ Examples:
     metavar="DURATION",
     help="Heartbeat silence after which a node is down and its jobs are lost.",
 )
+@click.option(
+    "--fair-share-half-life",
+    type=DURATION,
+    metavar="DURATION",
+    help="Let recent GPU usage break ties between projects, decaying with this half-life "
+    "(e.g. 7d), as Slurm's fair-share does. [default: off]",
+)
 def server(
     host: str,
     port: int,
@@ -86,6 +93,7 @@ def server(
     database_url: str | None,
     node_not_ready_after: float,
     node_down_after: float,
+    fair_share_half_life: float | None,
 ) -> None:
     """Run the Corral server.
 
@@ -104,6 +112,7 @@ def server(
         database_url=database_url,
         node_not_ready_after=node_not_ready_after,
         node_down_after=node_down_after,
+        usage_half_life=fair_share_half_life,
     )
     from corral.server.main import serve  # here, not at the top: see the module docstring
 

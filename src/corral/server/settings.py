@@ -24,6 +24,8 @@ class ServerSettings:
     - ``log_max_bytes``: per job attempt; output beyond it is dropped with a marker.
     - ``scheduler_interval``: the scheduler runs at least this often, and at once
       (after ``scheduler_debounce``) when a job is submitted or ends.
+    - ``usage_half_life``: when set, projects' GPU usage decays with this half-life and
+      breaks ties in the fair-share order (Slurm's idea); None = off.
     """
 
     host: str = "127.0.0.1"
@@ -38,6 +40,7 @@ class ServerSettings:
     scheduler_interval: float = 2.0
     scheduler_debounce: float = 0.02
     health_interval: float = 1.0
+    usage_half_life: float | None = None
 
     def resolved_data_dir(self) -> Path:
         return (self.data_dir or server_dir()).expanduser().resolve()

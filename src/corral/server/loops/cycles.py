@@ -31,7 +31,9 @@ class SchedulerLoop(LoopService):
 
     def cycle(self) -> None:
         with self.ctx.db.tx() as s:
-            result = run_cycle(s, self.policy, self.ctx.clock.now())
+            result = run_cycle(
+                s, self.policy, self.ctx.clock.now(), self.ctx.settings.usage_half_life
+            )
         self.ctx.scheduling.shares = result.shares
         self.ctx.scheduling.queue = result.queue
         if result.changed_nodes:

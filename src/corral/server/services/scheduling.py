@@ -14,7 +14,7 @@ devices are already counted for the job that replaces it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from sqlalchemy import delete, select
@@ -32,6 +32,7 @@ from corral.scheduler import (
     Preemption,
     ProjectShare,
     ProjectView,
+    SchedulerConfig,
     Snapshot,
 )
 from corral.server.services.jobs import change_state
@@ -184,6 +185,35 @@ def apply_decisions(
     return result
 
 
-def run_cycle(session: Session, policy: Policy, now: datetime) -> CycleResult:
+def decay_usage(
+    session: Session, snapshot: Snapshot, now: datetime, half_life: float
+) -> dict[str, float]:
+    """Advance every project's time-decayed usage to ``now`` and return it (GPU-seconds).
+
+    usage(now) = usage(then) * 2^(-dt / half_life) + allocated GPUs * dt, as Slurm's
+    fair-share usage decays: what a project used one half-life ago counts half.
+    """
+    allocated: dict[str, float] = {}
+    for job in snapshot.running:
+        allocated[job.project] = allocated.get(job.project, 0.0) + job.gpus * job.workers
+    usage: dict[str, float] = {}
+    for project in session.scalars(select(Project)):
+        then = project.usage_at or now
+        dt = max(0.0, (now - then).total_seconds())
+        decayed = project.usage_gpu_seconds * 0.5 ** (dt / half_life)
+        project.usage_gpu_seconds = decayed + allocated.get(project.name, 0.0) * dt
+        project.usage_at = now
+        usage[project.name] = project.usage_gpu_seconds
+    return usage
+
+
+def run_cycle(
+    session: Session, policy: Policy, now: datetime, usage_half_life: float | None = None
+) -> CycleResult:
     snapshot, nodes = build_snapshot(session)
+    if usage_half_life:
+        usage = decay_usage(session, snapshot, now, usage_half_life)
+        snapshot = replace(
+            snapshot, usage=usage, config=SchedulerConfig(usage_half_life=usage_half_life)
+        )
     return apply_decisions(session, policy.schedule(snapshot), nodes, now)
