@@ -16,9 +16,16 @@ from pathlib import Path
 import httpx
 import pytest
 
+import corral.scheduler
 from support.cluster import LocalCluster, wait_for
 
-pytestmark = pytest.mark.e2e
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(
+        not hasattr(corral.scheduler, "FairSharePolicy"),
+        reason="the fair-share policy is not in this build yet",
+    ),
+]
 
 # Each job records the SIGTERM it gets, then exits as a well-behaved trainer would.
 JOB = [
