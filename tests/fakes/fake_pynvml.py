@@ -25,15 +25,34 @@ GIB = 1024**3
 
 
 @dataclass
+class FakeMig:
+    """One MIG instance: what NVML reports through its MIG device handle."""
+
+    uuid: str
+    profile: str  # "1g.10gb"
+    gpu_instance_id: int
+    compute_instance_id: int
+    slices: int
+    memory_total: int
+
+
+@dataclass
 class FakeGpu:
     """One GPU of a fake machine. ``fail`` maps a pynvml function name to the NVML error
-    code it raises for this GPU (e.g. ``{"nvmlDeviceGetUUID": NVML_ERROR_GPU_IS_LOST}``)."""
+    code it raises for this GPU (e.g. ``{"nvmlDeviceGetUUID": NVML_ERROR_GPU_IS_LOST}``).
+
+    ``mig_mode`` is NVML's current MIG mode (None: the GPU cannot do MIG and the query is
+    NOT_SUPPORTED); ``mig`` lists the MIG device slots, None for an empty slot (NVML
+    answers NOT_FOUND there, as it does for gaps left by destroyed instances).
+    """
 
     name: str
     uuid: str
     memory_total: int
     memory_used: int = 0
     fail: dict[str, int] = field(default_factory=dict)
+    mig_mode: int | None = None
+    mig: list[FakeMig | None] = field(default_factory=list)
 
 
 @dataclass
@@ -54,6 +73,7 @@ class FakeMachine:
 @dataclass(frozen=True)
 class FakeHandle:
     index: int
+    mig: int | None = None  # the MIG device slot, for MIG device handles
 
 
 class FakeNvml:
@@ -78,6 +98,13 @@ class FakeNvml:
 
     def _gpu(self, handle: FakeHandle) -> FakeGpu:
         return self.machine.gpus[handle.index]
+
+    def _mig(self, handle: FakeHandle) -> FakeMig | None:
+        if handle.mig is None:
+            return None
+        mig = self._gpu(handle).mig[handle.mig]
+        assert mig is not None
+        return mig
 
     def _str(self, value: str) -> str | bytes:
         return value.encode() if self.machine.strings_as_bytes else value
@@ -122,17 +149,70 @@ class FakeNvml:
     def nvmlDeviceGetUUID(self, handle: FakeHandle) -> str | bytes:
         gpu = self._gpu(handle)
         self._enter("nvmlDeviceGetUUID", gpu)
-        return self._str(gpu.uuid)
+        mig = self._mig(handle)
+        return self._str(mig.uuid if mig else gpu.uuid)
 
     def nvmlDeviceGetName(self, handle: FakeHandle) -> str | bytes:
         gpu = self._gpu(handle)
         self._enter("nvmlDeviceGetName", gpu)
-        return self._str(gpu.name)
+        mig = self._mig(handle)
+        return self._str(f"{gpu.name} MIG {mig.profile}" if mig else gpu.name)
+
+    def nvmlDeviceGetMigMode(self, handle: FakeHandle) -> list[int]:
+        gpu = self._gpu(handle)
+        self._enter("nvmlDeviceGetMigMode", gpu)
+        if gpu.mig_mode is None or handle.mig is not None:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        return [gpu.mig_mode, gpu.mig_mode]
+
+    def nvmlDeviceGetMaxMigDeviceCount(self, handle: FakeHandle) -> int:
+        gpu = self._gpu(handle)
+        self._enter("nvmlDeviceGetMaxMigDeviceCount", gpu)
+        return 7 if gpu.mig_mode is not None else 0
+
+    def nvmlDeviceGetMigDeviceHandleByIndex(self, handle: FakeHandle, index: int) -> FakeHandle:
+        gpu = self._gpu(handle)
+        self._enter("nvmlDeviceGetMigDeviceHandleByIndex", gpu)
+        if gpu.mig_mode != pynvml.NVML_DEVICE_MIG_ENABLE:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        if index >= len(gpu.mig) or gpu.mig[index] is None:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_FOUND)
+        return FakeHandle(handle.index, index)
+
+    def nvmlDeviceGetGpuInstanceId(self, handle: FakeHandle) -> int:
+        self._enter("nvmlDeviceGetGpuInstanceId", self._gpu(handle))
+        mig = self._mig(handle)
+        if mig is None:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        return mig.gpu_instance_id
+
+    def nvmlDeviceGetComputeInstanceId(self, handle: FakeHandle) -> int:
+        self._enter("nvmlDeviceGetComputeInstanceId", self._gpu(handle))
+        mig = self._mig(handle)
+        if mig is None:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        return mig.compute_instance_id
+
+    def nvmlDeviceGetAttributes(self, handle: FakeHandle) -> SimpleNamespace:
+        self._enter("nvmlDeviceGetAttributes", self._gpu(handle))
+        mig = self._mig(handle)
+        if mig is None:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        return SimpleNamespace(
+            gpuInstanceSliceCount=mig.slices,
+            computeInstanceSliceCount=mig.slices,
+            memorySizeMB=mig.memory_total // 1024**2,
+        )
 
     def nvmlDeviceGetMemoryInfo(
         self, handle: FakeHandle, version: int | None = None
     ) -> SimpleNamespace:
         gpu = self._gpu(handle)
+        mig = self._mig(handle)
+        if mig is not None:
+            gpu = FakeGpu(
+                name=gpu.name, uuid=mig.uuid, memory_total=mig.memory_total, fail=gpu.fail
+            )
         if version:
             self._enter("nvmlDeviceGetMemoryInfo_v2", gpu)
             if version != pynvml.nvmlMemory_v2:
@@ -164,6 +244,12 @@ _PATCHED = (
     "nvmlDeviceGetUUID",
     "nvmlDeviceGetName",
     "nvmlDeviceGetMemoryInfo",
+    "nvmlDeviceGetMigMode",
+    "nvmlDeviceGetMaxMigDeviceCount",
+    "nvmlDeviceGetMigDeviceHandleByIndex",
+    "nvmlDeviceGetGpuInstanceId",
+    "nvmlDeviceGetComputeInstanceId",
+    "nvmlDeviceGetAttributes",
 )
 
 
@@ -256,3 +342,57 @@ def no_permission() -> FakeMachine:
 def rm_version_mismatch() -> FakeMachine:
     """The driver was upgraded but the old kernel module is still loaded."""
     return FakeMachine(gpus=[], init_error=pynvml.NVML_ERROR_LIB_RM_VERSION_MISMATCH)
+
+
+def a100_mig() -> FakeMachine:
+    """3x A100 80 GB: GPU 0 in MIG mode with 1g.10gb instances in six of seven slots (slot 3
+    is a gap left by a destroyed instance), GPU 1 with 2x 3g.40gb, GPU 2 MIG-capable but
+    off. Memory as NVML reports these profiles (9856 MiB and 40192 MiB)."""
+    first = [
+        None
+        if i == 3
+        else FakeMig(
+            uuid=f"MIG-1b2c3d4e-0000-5000-8000-00000000000{i}",
+            profile="1g.10gb",
+            gpu_instance_id=7 + i,
+            compute_instance_id=0,
+            slices=1,
+            memory_total=9856 * 1024**2,
+        )
+        for i in range(7)
+    ]
+    second: list[FakeMig | None] = [
+        FakeMig(
+            uuid=f"MIG-9a8b7c6d-0000-5000-8000-00000000001{i}",
+            profile="3g.40gb",
+            gpu_instance_id=1 + i,
+            compute_instance_id=0,
+            slices=3,
+            memory_total=40192 * 1024**2,
+        )
+        for i in range(2)
+    ]
+    return FakeMachine(
+        gpus=[
+            FakeGpu(
+                name="NVIDIA A100-SXM4-80GB",
+                uuid="GPU-aaaa0000-1111-2222-3333-000000000000",
+                memory_total=81920 * 1024**2,
+                mig_mode=pynvml.NVML_DEVICE_MIG_ENABLE,
+                mig=list(first),
+            ),
+            FakeGpu(
+                name="NVIDIA A100-SXM4-80GB",
+                uuid="GPU-aaaa0000-1111-2222-3333-000000000001",
+                memory_total=81920 * 1024**2,
+                mig_mode=pynvml.NVML_DEVICE_MIG_ENABLE,
+                mig=second,
+            ),
+            FakeGpu(
+                name="NVIDIA A100-SXM4-80GB",
+                uuid="GPU-aaaa0000-1111-2222-3333-000000000002",
+                memory_total=81920 * 1024**2,
+                mig_mode=pynvml.NVML_DEVICE_MIG_DISABLE,
+            ),
+        ],
+    )

@@ -183,8 +183,9 @@ Examples:
 @click.option(
     "--simulate-gpus",
     metavar="PROFILE",
-    help="Pretend to have GPUs, e.g. 8xA100-80GB or 4xRTX4090 (for demos and tests; "
-    "they are reported as simulated). Without it, real GPUs are found through NVML.",
+    help="Pretend to have GPUs, e.g. 8xA100-80GB or 4xRTX4090, with an optional MIG "
+    "layout: 8xH100-80GB,mig=0-1:1g.10gb*7/2:3g.40gb*2 (for demos and tests; they are "
+    "reported as simulated). Without it, real GPUs are found through NVML.",
 )
 @click.option(
     "--user-map",

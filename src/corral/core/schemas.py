@@ -310,14 +310,34 @@ class JobList(BaseModel):
 # ---------------------------------------------------------------- nodes
 
 
+class MigInstance(BaseModel):
+    """One MIG instance (a GPU instance with its compute instance) of a GPU.
+
+    ``profile`` as NVIDIA names it (``1g.10gb``); ``compute_slices`` is its share of the
+    GPU's 7 compute slices; ``uuid`` is ``MIG-…`` (what CUDA_VISIBLE_DEVICES takes).
+    """
+
+    uuid: str = Field(min_length=1, max_length=128)
+    profile: str = Field(pattern=r"^[1-8]g\.\d+gb(\+me)?$")
+    gpu_instance_id: int = Field(ge=0)
+    compute_instance_id: int = Field(ge=0)
+    compute_slices: int = Field(ge=1, le=8)
+    memory_bytes: int = Field(ge=0)
+
+
 class GpuInfo(BaseModel):
-    """One GPU as the agent found it. Identity is the UUID; index is NVML (PCI) order."""
+    """One GPU as the agent found it. Identity is the UUID; index is NVML (PCI) order.
+
+    ``mig`` lists its MIG instances when MIG mode is on (the layout is discovered, never
+    assumed); then only the instances are schedulable, not the whole GPU.
+    """
 
     index: int = Field(ge=0, lt=1024)
     uuid: str = Field(min_length=1, max_length=128)
     model: str = Field(max_length=256)
     memory_bytes: int = Field(ge=0)
     simulated: bool = False
+    mig: list[MigInstance] = Field(default_factory=list, max_length=64)
 
 
 class NodeInventory(_Strict):

@@ -249,3 +249,69 @@ def test_bad_profiles_say_the_syntax_and_the_models(profile: str) -> None:
 def test_profile_counts_are_bounded(profile: str) -> None:
     with pytest.raises(ValueError, match="count must be 1 to 1024"):
         parse_profile(profile)
+
+
+# ------------------------------------------------------------------ MIG
+
+
+def test_nvml_discovers_the_mig_layout_with_gaps(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_pynvml.install(monkeypatch, fake_pynvml.a100_mig())
+    backend = open_backend(None, "node-a")
+    gpu0, gpu1, gpu2 = backend.inventory().devices
+    backend.close()
+    assert [m.profile for m in gpu0.mig] == ["1g.10gb"] * 6  # slot 3 is a gap, skipped
+    assert [m.gpu_instance_id for m in gpu0.mig] == [7, 8, 9, 11, 12, 13]
+    assert gpu0.mig[0].uuid == "MIG-1b2c3d4e-0000-5000-8000-000000000000"
+    assert gpu0.mig[0].memory_bytes == 9856 * 1024**2
+    assert {m.compute_slices for m in gpu0.mig} == {1}
+    assert [(m.profile, m.compute_slices) for m in gpu1.mig] == [("3g.40gb", 3)] * 2
+    assert gpu2.mig == []  # MIG-capable, mode off: the whole GPU is the device
+
+
+def test_nvml_mig_profile_from_attributes_when_the_name_lacks_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fake = fake_pynvml.install(monkeypatch, fake_pynvml.a100_mig())
+    real_name = fake.nvmlDeviceGetName
+    monkeypatch.setattr(
+        pynvml, "nvmlDeviceGetName", lambda h: "NVIDIA A100" if h.mig is not None else real_name(h)
+    )
+    backend = open_backend(None, "node-a")
+    gpu1 = backend.inventory().devices[1]
+    backend.close()
+    assert [m.profile for m in gpu1.mig] == ["3g.40gb"] * 2  # 40192 MiB rounds up to 40
+
+
+def test_gpus_without_mig_report_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_pynvml.install(monkeypatch, fake_pynvml.rtx4090_4x())
+    backend = open_backend(None, "node-a")
+    assert all(d.mig == [] for d in backend.inventory().devices)
+    backend.close()
+
+
+def test_simulated_mig_layout() -> None:
+    backend = SimulatedBackend("4xH100-80GB,mig=0-1:1g.10gb*7/3:3g.40gb+4g.40gb", "n")
+    devices = backend.inventory().devices
+    assert [len(d.mig) for d in devices] == [7, 7, 0, 2]
+    assert [m.profile for m in devices[3].mig] == ["3g.40gb", "4g.40gb"]
+    assert devices[3].mig[1].compute_slices == 4
+    uuids = [m.uuid for d in devices for m in d.mig]
+    assert len(set(uuids)) == 16 and all(u.startswith("MIG-") for u in uuids)
+    again = SimulatedBackend("4xH100-80GB,mig=0-1:1g.10gb*7/3:3g.40gb+4g.40gb", "n")
+    assert [m.uuid for d in again.inventory().devices for m in d.mig] == uuids
+
+
+@pytest.mark.parametrize(
+    ("profile", "message"),
+    [
+        ("4xRTX4090,mig=all:1g.10gb*7", "have no MIG"),
+        ("2xA100-80GB,mig=0:1g.10gb*8", "7 compute slices"),
+        ("2xA100-80GB,mig=0:7g.90gb*1", "80 GiB"),
+        ("2xA100-80GB,mig=2:1g.10gb*1", "numbered 0 to 1"),
+        ("2xA100-80GB,mig=0:1g10gb*1", "bad MIG profile"),
+        ("2xA100-80GB,mig=zero:1g.10gb*1", "bad MIG layout"),
+    ],
+)
+def test_bad_simulated_mig_layouts_are_refused(profile: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        SimulatedBackend(profile, "n")

@@ -13,6 +13,8 @@ the others are still registered.
 from __future__ import annotations
 
 import contextlib
+import math
+import re
 import threading
 from typing import Any
 
@@ -25,7 +27,7 @@ from corral.agent.gpus.base import (
     describe_models,
     plural,
 )
-from corral.core.schemas import GpuInfo
+from corral.core.schemas import GpuInfo, MigInstance
 
 # Why nvmlInit failed, in words an admin can act on.
 _INIT_FAILURES: dict[int, str] = {
@@ -137,7 +139,60 @@ def _device(index: int) -> GpuInfo:
     uuid = _text(pynvml.nvmlDeviceGetUUID(handle))  # nvidia-smi: uuid
     model = _text(pynvml.nvmlDeviceGetName(handle))  # nvidia-smi: name
     memory = _memory_total_bytes(handle)  # nvidia-smi: memory.total (MiB there, bytes here)
-    return GpuInfo(index=index, uuid=uuid, model=model, memory_bytes=memory)
+    return GpuInfo(
+        index=index, uuid=uuid, model=model, memory_bytes=memory, mig=_mig_instances(handle)
+    )
+
+
+_MIG_PROFILE_RE = re.compile(r"MIG\s+(\d+g\.\d+gb(?:\+me)?)", re.IGNORECASE)
+
+
+def _mig_instances(handle: Any) -> list[MigInstance]:
+    """The GPU's MIG instances when MIG mode is on (nvidia-smi -L lists the same)."""
+    try:
+        current, _pending = pynvml.nvmlDeviceGetMigMode(handle)  # nvidia-smi: mig.mode.current
+    except pynvml.NVMLError as exc:
+        if _code(exc) in _OLDER_API:
+            return []  # this GPU (or driver) cannot do MIG
+        raise
+    if current != pynvml.NVML_DEVICE_MIG_ENABLE:
+        return []
+    found: list[MigInstance] = []
+    for slot in range(int(pynvml.nvmlDeviceGetMaxMigDeviceCount(handle))):
+        try:
+            mig = pynvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, slot)
+        except pynvml.NVMLError as exc:
+            if _code(exc) == pynvml.NVML_ERROR_NOT_FOUND:
+                continue  # an empty slot: instances need not be numbered without gaps
+            raise
+        slices, profile = _mig_profile(mig)
+        found.append(
+            MigInstance(
+                uuid=_text(pynvml.nvmlDeviceGetUUID(mig)),  # nvidia-smi -L: (UUID: MIG-…)
+                profile=profile,
+                gpu_instance_id=int(pynvml.nvmlDeviceGetGpuInstanceId(mig)),
+                compute_instance_id=int(pynvml.nvmlDeviceGetComputeInstanceId(mig)),
+                compute_slices=slices,
+                memory_bytes=_memory_total_bytes(mig),
+            )
+        )
+    return found
+
+
+def _mig_profile(mig: Any) -> tuple[int, str]:
+    """(compute slices, profile name) of a MIG device handle.
+
+    The device name ends in the profile NVIDIA uses everywhere ("… MIG 1g.10gb"); the
+    attributes give the slice count. The profile's "10gb" is a marketing size (the
+    instance reports 9856 MiB), so it is read from the name when there is one, and only
+    estimated from the memory size otherwise.
+    """
+    attrs = pynvml.nvmlDeviceGetAttributes(mig)
+    slices = int(attrs.gpuInstanceSliceCount)
+    match = _MIG_PROFILE_RE.search(_text(pynvml.nvmlDeviceGetName(mig)))
+    if match:
+        return slices, match.group(1).lower()
+    return slices, f"{slices}g.{math.ceil(int(attrs.memorySizeMB) / 1024)}gb"
 
 
 def _memory_total_bytes(handle: Any) -> int:
