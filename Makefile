@@ -5,13 +5,14 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PORT   ?= 8420
 
-.PHONY: demo up test lint typecheck unit docs clean help
+.PHONY: demo up test lint typecheck unit docs bench clean help
 
 help:
 	@echo "make demo   - start a demo cluster (server + 3 simulated-GPU agents + a workload)"
 	@echo "make up     - start a server and one local agent (embedded default)"
 	@echo "make test   - lint, type-check and run the whole test suite"
 	@echo "make docs   - regenerate docs/cli.md and docs/openapi.json"
+	@echo "make bench  - run the benchmarks (docs/performance.md), results in bench/results/"
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Corral needs Python 3.11 or newer")'
@@ -42,6 +43,9 @@ unit: $(STAMP)
 
 docs: $(STAMP)
 	$(BIN)/python scripts/gen_docs.py
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from corral import __version__
-from corral.cli import admin, auth, daemons, demo, jobs, nodes, up
+from corral.cli import admin, auth, daemons, demo, jobs, nodes, sim, up
 from corral.cli.config import SERVER_ENV, TOKEN_ENV, get_state
 from corral.cli.params import SERVER_URL
 from corral.core.errors import CorralError, Unauthorized, Unavailable
@@ -23,7 +23,7 @@ _SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Jobs", ("submit", "list", "queue", "get", "logs", "delete")),
     ("Cluster", ("nodes", "node", "project")),
     ("Account", ("login", "logout", "whoami")),
-    ("Administration", ("user", "join-token")),
+    ("Administration", ("user", "join-token", "sim")),
     ("Run Corral", ("up", "demo", "server", "agent")),
 )
 
@@ -124,6 +124,7 @@ for _command in (
     *daemons.COMMANDS,
     *up.COMMANDS,
     *demo.COMMANDS,
+    *sim.COMMANDS,
 ):
     cli.add_command(_command)
 

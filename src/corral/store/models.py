@@ -212,6 +212,9 @@ class Job(Base):
     # Set while the job is being stopped to make room for another: its devices already
     # belong to that job (the agent starts it once this one is gone).
     preempted_by_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"))
+    # Why the job was last preempted ("preempted by d-1 of team-d: reclaim: …"), shown
+    # with its reason while it waits to restart.
+    preempted_note: Mapped[str | None] = mapped_column(Text)
 
     project: Mapped[Project] = relationship(lazy="joined")
     user: Mapped[User] = relationship(lazy="joined")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from corral.scheduler import FifoPolicy, Policy
+from corral.scheduler import FairSharePolicy, Policy
 from corral.server.context import ServerContext
 from corral.server.loops.base import LoopService
 from corral.server.services import nodes as node_service
@@ -27,7 +27,7 @@ class SchedulerLoop(LoopService):
             ctx.settings.scheduler_debounce,
         )
         self.ctx = ctx
-        self.policy = policy or FifoPolicy()
+        self.policy = policy or FairSharePolicy()
 
     def cycle(self) -> None:
         with self.ctx.db.tx() as s:
