@@ -131,6 +131,9 @@ def run_simulation(
     events: list[Event] = []
     result = SimResult({}, {}, events, 0, False, snapshot)
     decisions: Decisions | None = None
+    projects_of = {job.id: job.project for job in (*snapshot.running, *snapshot.pending)}
+    # Why each job was last preempted, as the server shows it while the job waits again.
+    preempted_note: dict[int, str] = {}
     for cycle in range(1, limit + 1):
         decisions = policy.schedule(snapshot)
         result.cycles_run = cycle
@@ -140,6 +143,10 @@ def run_simulation(
         for preemption in decisions.preemptions:
             job = running.pop(preemption.job_id)
             pending[job.id] = replace(job, placements=())
+            by = preemption.by_job_id
+            preempted_note[job.id] = (
+                f"preempted by {names.get(by)} of {projects_of.get(by)}: {preemption.reason}"
+            )
             events.append(
                 Event(
                     cycle,
@@ -173,6 +180,8 @@ def run_simulation(
             reason = f"would start in cycle {result.cycles_run + 1} (the simulation stopped)"
         elif final is not None:
             reason = final.reasons.get(job_id, "waiting")
+            if job_id in preempted_note:
+                reason = f"{preempted_note[job_id]}; now: {reason}"
         else:
             reason = "not scheduled (0 cycles)"
         result.jobs[name] = JobOutcome("pending", reason=reason)

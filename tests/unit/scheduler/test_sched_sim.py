@@ -30,7 +30,10 @@ def test_preempted_jobs_wait_again_and_say_why() -> None:
     assert result.converged and result.cycles_run == 2
     assert out["jobs"]["y-1"] == {"state": "running", "node": "n1", "gpu_ids": [0, 1]}
     assert out["jobs"]["x-gang"]["state"] == "pending"
-    assert out["jobs"]["x-gang"]["reason"].startswith("project x ")
+    reason = out["jobs"]["x-gang"]["reason"]
+    assert reason.startswith(
+        "preempted by y-1 of y: reclaim: y is below its quota; now: project x "
+    )
     assert out["projects"]["y"] == {"allocated": 4, "quota": 4, "fair_share": 4, "pending": 0}
     preempted = [e for e in out["events"] if e["action"] == "preempted"]
     assert preempted == [
