@@ -110,7 +110,8 @@ def test_queue_lists_pending_jobs_in_the_policys_order_with_reasons(server: Harn
 
 def test_interactive_jobs_are_stopped_when_the_project_limit_passes(server: Harness) -> None:
     node = server.register("n1", gpus=2)
-    server.post("/projects", {"name": "lab", "interactive_limit_seconds": 3600})
+    # Interactive jobs run only within quota: give the project room for one.
+    server.post("/projects", {"name": "lab", "quota": 2, "interactive_limit_seconds": 3600})
     server.submit("nb", project="lab", kind="interactive", gpus=1)
     server.submit("train", project="lab", gpus=1)
     server.cycle()

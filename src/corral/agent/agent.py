@@ -171,7 +171,10 @@ class Agent:
             return False
         self.registration = registration
         runtime = self._runtime or ProcessRuntime(
-            self.state_dir, node_name=registration.node, gpus_simulated=gpus.simulated
+            self.state_dir,
+            node_name=registration.node,
+            gpus_simulated=gpus.simulated,
+            on_exit=self._wake_supervisor,
         )
         self._runtime = runtime
         self.supervisor = Supervisor(

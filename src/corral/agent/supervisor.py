@@ -118,9 +118,10 @@ class Supervisor:
 
     def tick(self) -> None:
         snapshot = self.desired.snapshot()
-        if snapshot is not None:
-            self._reconcile(snapshot[1])
-        self._poll()
+        with self.reports.hold():  # this pass's reports go out together
+            if snapshot is not None:
+                self._reconcile(snapshot[1])
+            self._poll()
         if self._clock() >= self._next_prune:
             self._prune()
         self.ticks += 1

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from corral.agent.retry import Backoff, ConnectionStatus
@@ -87,6 +88,7 @@ class ReportQueue:
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._items: list[QueuedReport] = []
+        self._holds = 0
 
     def put(self, report: JobReport, on_ack: Callable[[], None] | None = None) -> None:
         """Queue ``report``; ``on_ack`` runs once the server has acknowledged it."""
@@ -94,10 +96,25 @@ class ReportQueue:
             self._items.append(QueuedReport(report, on_ack))
             self._cond.notify_all()
 
-    def wait(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for something to send; True if there is."""
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        """Keep what is put meanwhile from being sent until the block ends, so the
+        reports of one supervisor pass (a job's "starting" and "running", several jobs
+        started together) go to the server in one sync."""
         with self._cond:
-            return self._cond.wait_for(lambda: bool(self._items), timeout)
+            self._holds += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._holds -= 1
+                self._cond.notify_all()
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for something to send (and not held back);
+        True if there is."""
+        with self._cond:
+            return self._cond.wait_for(lambda: bool(self._items) and not self._holds, timeout)
 
     def take(self, limit: int = MAX_REPORTS_PER_SYNC) -> list[QueuedReport]:
         """The oldest ``limit`` reports, left in the queue until `acked`."""
@@ -152,13 +169,9 @@ class Syncer:
         body = SyncRequest(
             generation_seen=self.desired.generation, reports=reports, wait_seconds=wait_seconds
         )
-        answer = self.client.request(
-            "POST",
-            "/agent/sync",
-            json=body.model_dump(mode="json"),
-            timeout=wait_seconds + _HTTP_SLACK_SECONDS,
+        return self.client.exchange(
+            "POST", "/agent/sync", body, SyncResponse, timeout=wait_seconds + _HTTP_SLACK_SECONDS
         )
-        return SyncResponse.model_validate(answer)
 
     def watch(self, stop: threading.Event) -> None:
         """Watcher thread body: long-poll until ``stop`` is set."""

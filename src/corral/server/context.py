@@ -7,10 +7,10 @@ from datetime import datetime
 
 from corral.core.clock import Clock, SystemClock
 from corral.scheduler import ProjectShare
+from corral.server.database import ServerDatabase
 from corral.server.logstore import LogStore
 from corral.server.settings import ServerSettings
 from corral.server.signals import Signals
-from corral.store.db import Database
 
 
 @dataclass
@@ -27,7 +27,7 @@ class SchedulingView:
 @dataclass
 class ServerContext:
     settings: ServerSettings
-    db: Database
+    db: ServerDatabase
     logs: LogStore
     clock: Clock = field(default_factory=SystemClock)
     signals: Signals = field(default_factory=Signals)
@@ -41,7 +41,7 @@ class ServerContext:
         clock = clock or SystemClock()
         return cls(
             settings=settings,
-            db=Database(settings.resolved_database_url()),
+            db=ServerDatabase(settings.resolved_database_url()),
             logs=LogStore(data_dir / "logs", settings.log_max_bytes),
             clock=clock,
             started_at=clock.now(),

@@ -22,8 +22,9 @@ class ServerSettings:
       marked not ready (no new jobs) / down (its jobs are lost).
     - ``default_grace``: SIGTERM→SIGKILL time for jobs that do not set their own.
     - ``log_max_bytes``: per job attempt; output beyond it is dropped with a marker.
-    - ``scheduler_interval``: the scheduler runs at least this often, and at once
-      (after ``scheduler_debounce``) when a job is submitted or ends.
+    - ``scheduler_interval``: the scheduler runs at least this often, and soon when
+      something changes: after ``scheduler_debounce`` (which batches a burst) when a
+      job is submitted, at once when a job ends and frees its devices.
     - ``usage_half_life``: when set, projects' GPU usage decays with this half-life and
       breaks ties in the fair-share order (Slurm's idea); None = off.
     """

@@ -12,10 +12,24 @@ import asyncio
 from collections.abc import Iterable
 
 
+class Wakeup(asyncio.Event):
+    """A loop's wake-up event that can also say "now": `set` wakes the loop after its
+    debounce (to batch a burst), `set_now` wakes it without one (and cuts one that is
+    under way short)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = asyncio.Event()
+
+    def set_now(self) -> None:
+        self.now.set()
+        self.set()
+
+
 class Signals:
     def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.scheduler_wakeup = asyncio.Event()
+        self.scheduler_wakeup = Wakeup()
         self._node_events: dict[int, asyncio.Event] = {}
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -27,9 +41,13 @@ class Signals:
             return
         self._loop.call_soon_threadsafe(fn)  # type: ignore[arg-type]
 
-    def wake_scheduler(self) -> None:
-        """Ask for a scheduling cycle soon (a job arrived, ended or a node changed)."""
-        self._call(self.scheduler_wakeup.set)
+    def wake_scheduler(self, *, now: bool = False) -> None:
+        """Ask for a scheduling cycle soon (a job arrived, ended or a node changed).
+
+        ``now``: devices were freed; the cycle skips the debounce, which is there to
+        batch bursts of submissions, since jobs are waiting for exactly those devices.
+        """
+        self._call(self.scheduler_wakeup.set_now if now else self.scheduler_wakeup.set)
 
     def node_event(self, node_id: int) -> asyncio.Event:
         """The event a long poll of ``node_id`` waits on. Take it BEFORE reading state."""

@@ -16,7 +16,7 @@ router = APIRouter()
 
 @router.get("/whoami", response_model=schemas.WhoAmI, tags=["users"])
 def whoami(ctx: CtxDep, caller: CallerDep) -> schemas.WhoAmI:
-    with ctx.db.tx() as s:
+    with ctx.db.read() as s:
         return schemas.WhoAmI(
             name=caller.name, role=caller.role, projects=accounts.project_names_of(s, caller.id)
         )
@@ -31,7 +31,7 @@ def create_user(ctx: CtxDep, caller: CallerDep, body: schemas.UserCreate) -> sch
 
 @router.get("/users", tags=["users"])
 def list_users(ctx: CtxDep, caller: CallerDep) -> dict[str, list[schemas.UserOut]]:
-    with ctx.db.tx() as s:
+    with ctx.db.read() as s:
         return {"users": accounts.list_users(s, caller)}
 
 
@@ -60,13 +60,13 @@ def create_project(
 
 @router.get("/projects", tags=["projects"])
 def list_projects(ctx: CtxDep, caller: CallerDep) -> dict[str, list[schemas.ProjectOut]]:
-    with ctx.db.tx() as s:
+    with ctx.db.read() as s:
         return {"projects": projects.list_projects(s, ctx.scheduling.shares)}
 
 
 @router.get("/projects/{name}", response_model=schemas.ProjectOut, tags=["projects"])
 def get_project(ctx: CtxDep, caller: CallerDep, name: str) -> schemas.ProjectOut:
-    with ctx.db.tx() as s:
+    with ctx.db.read() as s:
         return projects.project_out(s, accounts.get_project(s, name), ctx.scheduling.shares)
 
 

@@ -8,11 +8,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
+from sqlalchemy.orm import Session, lazyload
 
 from corral.core import schemas
 from corral.core.errors import Unauthorized
 from corral.server.api.deps import CtxDep, NodeIdDep, TokenDep
+from corral.server.api.responses import model_response
 from corral.server.context import ServerContext
 from corral.server.services import auth
 from corral.server.services import nodes as node_service
@@ -41,42 +43,71 @@ def register(ctx: CtxDep, token: TokenDep, body: schemas.NodeInventory) -> schem
     )
 
 
-def _apply(ctx: ServerContext, node_id: int, req: schemas.SyncRequest) -> int:
+# A sync rewrites the node's last_heartbeat at most this often. Under load a node's long
+# poll returns (and is re-sent) whenever its desired state changes, and its reports come
+# many times a second; liveness is judged in tens of seconds.
+HEARTBEAT_WRITE_SECONDS = 1.0
+
+
+def _node(s: Session, node_id: int) -> Node:
+    # Its GPUs (selectin by default) are loaded only if the desired state is built.
+    node = s.get(Node, node_id, options=[lazyload(Node.gpus)])
+    if node is None:
+        raise Unauthorized("this node was removed: re-join it with a join token")
+    return node
+
+
+def _apply(
+    ctx: ServerContext, node_id: int, req: schemas.SyncRequest, *, may_wait: bool
+) -> tuple[int, schemas.SyncResponse | None]:
+    """Record the heartbeat and apply the reports. Returns the node's generation, and
+    its desired state (read in the same transaction) unless the request is to wait for
+    a newer one."""
     now = ctx.clock.now()
+
+    def answer(s: Session, node: Node) -> schemas.SyncResponse | None:
+        if may_wait and node.generation <= req.generation_seen:
+            return None
+        return node_service.desired_state(s, node, now)
+
+    if not req.reports:
+        with ctx.db.read() as s:
+            node = _node(s, node_id)
+            if not node_service.heartbeat_due(node, now, HEARTBEAT_WRITE_SECONDS):
+                return node.generation, answer(s, node)
     with ctx.db.tx() as s:
-        node = s.get(Node, node_id)
-        if node is None:
-            raise Unauthorized("this node was removed: re-join it with a join token")
-        node_service.heartbeat(s, node, now)
+        node = _node(s, node_id)
+        if node_service.heartbeat_due(node, now, HEARTBEAT_WRITE_SECONDS):
+            node_service.heartbeat(s, node, now)
         freed = node_service.apply_reports(s, node, req.reports, now)
-        generation = node.generation
+        result = node.generation, answer(s, node)
     if freed:
-        ctx.signals.wake_scheduler()
-    return generation
+        ctx.signals.wake_scheduler(now=True)
+    return result
 
 
 def _desired(ctx: ServerContext, node_id: int) -> schemas.SyncResponse:
-    with ctx.db.tx() as s:
-        node = s.get(Node, node_id)
-        assert node is not None
-        return node_service.desired_state(s, node, ctx.clock.now())
+    with ctx.db.read() as s:
+        return node_service.desired_state(s, _node(s, node_id), ctx.clock.now())
 
 
 @router.post("/sync", response_model=schemas.SyncResponse)
-async def sync(ctx: CtxDep, node_id: NodeIdDep, body: schemas.SyncRequest) -> schemas.SyncResponse:
+async def sync(ctx: CtxDep, node_id: NodeIdDep, body: schemas.SyncRequest) -> Response:
     """Heartbeat + reports in, full desired state out; held up to ``wait_seconds``."""
     changed = ctx.signals.node_event(node_id)  # taken before reading: no lost wake-up
-    generation = await asyncio.to_thread(_apply, ctx, node_id, body)
-    if body.wait_seconds > 0 and not body.reports and generation <= body.generation_seen:
+    may_wait = body.wait_seconds > 0 and not body.reports
+    _, answer = await asyncio.to_thread(_apply, ctx, node_id, body, may_wait=may_wait)
+    if answer is None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(changed.wait(), timeout=body.wait_seconds)
-    return await asyncio.to_thread(_desired, ctx, node_id)
+        answer = await asyncio.to_thread(_desired, ctx, node_id)
+    return model_response(answer)
 
 
 def _store_log(
     ctx: ServerContext, node_id: int, job_id: int, attempt: int, offset: int, data: bytes
 ) -> int:
-    with ctx.db.tx() as s:
+    with ctx.db.read() as s:
         job = s.get(Job, job_id)
         if job is None or job.node_id != node_id or attempt > job.attempt or attempt < 1:
             raise Unauthorized("this node does not run that job attempt")

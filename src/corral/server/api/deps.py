@@ -12,8 +12,11 @@ from corral.server.context import ServerContext
 from corral.server.services import auth
 from corral.server.services.accounts import Caller
 
+# The dependencies that do no I/O are ``async``: FastAPI runs plain ``def`` dependencies
+# in its thread pool, and a hop to a thread and back costs more than they do.
 
-def get_ctx(request: Request) -> ServerContext:
+
+async def get_ctx(request: Request) -> ServerContext:
     ctx: ServerContext = request.app.state.ctx
     return ctx
 
@@ -21,7 +24,7 @@ def get_ctx(request: Request) -> ServerContext:
 CtxDep = Annotated[ServerContext, Depends(get_ctx)]
 
 
-def bearer_token(request: Request) -> str:
+async def bearer_token(request: Request) -> str:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
@@ -33,17 +36,17 @@ TokenDep = Annotated[str, Depends(bearer_token)]
 
 
 def current_user(ctx: CtxDep, token: TokenDep) -> Caller:
-    with ctx.db.tx() as s:
-        user = auth.user_for_token(s, token)
-        return Caller(id=user.id, name=user.name, role=Role(user.role))
+    with ctx.db.read() as s:
+        user_id, name, role = auth.caller_for_token(s, token)
+    return Caller(id=user_id, name=name, role=Role(role))
 
 
 CallerDep = Annotated[Caller, Depends(current_user)]
 
 
 def current_node_id(ctx: CtxDep, token: TokenDep) -> int:
-    with ctx.db.tx() as s:
-        return auth.node_for_token(s, token).id
+    with ctx.db.read() as s:
+        return auth.node_id_for_token(s, token)
 
 
 NodeIdDep = Annotated[int, Depends(current_node_id)]

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 from fastapi.responses import StreamingResponse
 
 from corral.core import schemas
 from corral.core.errors import Forbidden, InvalidRequest
 from corral.core.states import JobState
 from corral.server.api.deps import CallerDep, CtxDep
+from corral.server.api.responses import model_response
 from corral.server.context import ServerContext
 from corral.server.services import jobs as job_service
 from corral.server.services.accounts import Caller, can_use_project
@@ -23,12 +24,12 @@ LOG_POLL_SECONDS = 0.2
 
 
 @router.post("/jobs", response_model=schemas.JobOut, status_code=201)
-def submit(ctx: CtxDep, caller: CallerDep, body: schemas.JobSubmit) -> schemas.JobOut:
-    with ctx.db.tx() as s:
+def submit(ctx: CtxDep, caller: CallerDep, body: schemas.JobSubmit) -> Response:
+    with ctx.db.tx(low_priority=True) as s:
         job = job_service.submit(s, caller, body, ctx.clock.now(), ctx.settings.default_grace)
         out = job_service.job_out(job)
     ctx.signals.wake_scheduler()
-    return out
+    return model_response(out, status_code=201)
 
 
 @router.get("/jobs", response_model=schemas.JobList)
@@ -41,7 +42,7 @@ def list_jobs(
     name: str | None = None,
     all: bool = Query(False, description="include deleted jobs"),
 ) -> schemas.JobList:
-    with ctx.db.tx() as s:
+    with ctx.db.read() as s:
         rows = job_service.list_jobs(
             s, project=project, user=user, state=state, name=name, include_deleted=all
         )
@@ -50,7 +51,7 @@ def list_jobs(
 
 @router.get("/jobs/{project}/{name}", response_model=schemas.JobDetail)
 def get_job(ctx: CtxDep, caller: CallerDep, project: str, name: str) -> schemas.JobDetail:
-    with ctx.db.tx() as s:
+    with ctx.db.read() as s:
         return job_service.job_detail(s, job_service.find_job(s, project, name))
 
 
@@ -67,7 +68,7 @@ def delete_job(ctx: CtxDep, caller: CallerDep, project: str, name: str) -> schem
 def _log_target(
     ctx: ServerContext, caller: Caller, project: str, name: str, attempt: int | None
 ) -> tuple[int, int]:
-    with ctx.db.tx() as s:
+    with ctx.db.read() as s:
         job = job_service.find_job(s, project, name)
         if not can_use_project(s, caller, job.project):
             raise Forbidden(f"only members of project {project!r} may read its jobs' logs")
@@ -80,7 +81,7 @@ def _log_target(
 
 
 def _log_finished(ctx: ServerContext, job_id: int, attempt: int) -> bool:
-    with ctx.db.tx() as s:
+    with ctx.db.read() as s:
         job = s.get(Job, job_id)
         return (
             job is None
@@ -131,6 +132,6 @@ async def job_logs(
 @router.get("/queue", response_model=schemas.QueueOut)
 def queue(ctx: CtxDep, caller: CallerDep, project: str | None = None) -> schemas.QueueOut:
     """Pending jobs in the order the scheduler considers them, each with why it waits."""
-    with ctx.db.tx() as s:
+    with ctx.db.read() as s:
         pending = job_service.list_jobs(s, project=project, state=JobState.PENDING.value)
         return job_service.queue_out(pending, ctx.scheduling.queue, ctx.clock.now())

@@ -15,12 +15,12 @@ router = APIRouter(tags=["nodes"])
 
 @router.get("/nodes", response_model=schemas.NodeList)
 def list_nodes(ctx: CtxDep, caller: CallerDep) -> schemas.NodeList:
-    with ctx.db.tx() as s:
+    with ctx.db.read() as s:
         rows = s.scalars(select(Node).order_by(Node.name))
         return schemas.NodeList(nodes=[node_service.node_out(s, n) for n in rows])
 
 
 @router.get("/nodes/{name}", response_model=schemas.NodeOut)
 def get_node(ctx: CtxDep, caller: CallerDep, name: str) -> schemas.NodeOut:
-    with ctx.db.tx() as s:
+    with ctx.db.read() as s:
         return node_service.node_out(s, node_service.get_node(s, name))

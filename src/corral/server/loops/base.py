@@ -2,16 +2,28 @@
 
 After Prefect's ``LoopService``: the base class keeps the interval, logs overruns and
 errors without dying, stops on request, and ``run(loops=N)`` runs a fixed number of
-iterations for tests. A loop may be woken early through ``wakeup`` (an asyncio.Event).
+iterations for tests. A loop may be woken early through ``wakeup`` (an asyncio.Event;
+a `Wakeup` can also ask to skip the debounce).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 
+from corral.server.signals import Wakeup
+
 log = logging.getLogger("corral.server")
+
+
+# A debounced wake-up waits at least this many times as long as the last iteration took
+# (never longer than the interval): wake-ups that come in a stream (submissions) cannot
+# keep a loop whose iterations are expensive (a scheduling cycle over a long queue) busy
+# most of the time, while a cheap loop keeps its short debounce. Wake-ups "now" (devices
+# were freed) do not wait at all.
+DEBOUNCE_PER_ITERATION = 10.0
 
 
 class LoopService:
@@ -24,6 +36,7 @@ class LoopService:
         self.wakeup = wakeup
         self.debounce = debounce
         self._stop = asyncio.Event()
+        self._took = 0.0  # seconds the last iteration took
 
     async def run_once(self) -> None:
         raise NotImplementedError
@@ -43,7 +56,7 @@ class LoopService:
             except Exception:
                 log.exception("%s: iteration failed; retrying next interval", self.name)
             done += 1
-            took = time.monotonic() - started
+            took = self._took = time.monotonic() - started
             if took > self.interval:
                 log.warning(
                     "%s: iteration took %.2fs, over its %.2fs interval",
@@ -66,6 +79,17 @@ class LoopService:
                 w.cancel()
         if self.wakeup is not None and self.wakeup.is_set():
             self.wakeup.clear()
-            if self.debounce:
-                # Let a burst of submissions land so one cycle places them all.
-                await asyncio.sleep(self.debounce)
+            now = self.wakeup.now if isinstance(self.wakeup, Wakeup) else None
+            if self.debounce and (now is None or not now.is_set()):
+                # Let a burst of submissions land so one cycle places them all (unless
+                # woken "now", also while waiting here).
+                debounce = min(
+                    max(self.debounce, DEBOUNCE_PER_ITERATION * self._took), self.interval
+                )
+                if now is None:
+                    await asyncio.sleep(debounce)
+                else:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(now.wait(), debounce)
+            if now is not None:
+                now.clear()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from corral.core import schemas
@@ -12,7 +12,7 @@ from corral.core.errors import AlreadyExists, Conflict, Forbidden, InvalidReques
 from corral.core.states import JobKind, JobState
 from corral.server.services.accounts import Caller, can_use_project, get_project
 from corral.server.services.projects import known_pools
-from corral.store.models import GpuAllocation, Job, JobEvent, Node, Project, User
+from corral.store.models import Gpu, GpuAllocation, Job, JobEvent, Node, Project, User
 
 
 def record_event(
@@ -64,15 +64,21 @@ def _check_pool(session: Session, req: schemas.JobSubmit, project: Project) -> N
 
 def _check_fits_somewhere(session: Session, req: schemas.JobSubmit) -> None:
     """Refuse requests that no node of the cluster could ever satisfy."""
-    nodes = list(session.scalars(select(Node)))
+    # Every submission: one small query (name, cores, memory, GPU count per node).
+    nodes = session.execute(
+        select(Node.name, Node.cpu_cores, Node.memory_bytes, func.count(Gpu.id).label("gpus"))
+        .outerjoin(Gpu, Gpu.node_id == Node.id)
+        .group_by(Node.id)
+        .order_by(Node.id)
+    ).all()
     if not nodes:
         return  # nodes may join later; the job waits with a reason
     if req.gpus > 0:
-        most = max(nodes, key=lambda n: len(n.gpus))
-        if req.gpus > len(most.gpus):
+        most = max(nodes, key=lambda n: int(n.gpus))
+        if req.gpus > most.gpus:
             raise InvalidRequest(
                 f"gpus: the job asks for {req.gpus:g} GPUs but the largest node has "
-                f"{len(most.gpus)} ({most.name}); a job runs on one node",
+                f"{most.gpus} ({most.name}); a job runs on one node",
                 field="gpus",
             )
     if req.cpus is not None:
@@ -118,7 +124,7 @@ def submit(
     _check_fits_somewhere(session, req)
     job = Job(
         name=req.name,
-        project_id=project.id,
+        project=project,  # loaded already: `job_out` needs no query for it
         user_id=caller.id,
         kind=req.kind.value,
         state=JobState.PENDING.value,
@@ -225,6 +231,15 @@ def _bump_generation(session: Session, job: Job) -> set[int]:
     return {node.id}
 
 
+def shown_reason(job: Job) -> str | None:
+    """The reason people see: a preempted job waiting to restart also says who took its GPUs."""
+    if job.state == JobState.PENDING.value and job.preempted_note:
+        if job.reason and not job.reason.startswith(job.preempted_note):
+            return f"{job.preempted_note}; now: {job.reason}"
+        return job.reason or job.preempted_note
+    return job.reason
+
+
 def job_out(job: Job) -> schemas.JobOut:
     node = job.node
     uuids: list[str] = []
@@ -253,7 +268,7 @@ def job_out(job: Job) -> schemas.JobOut:
         started_at=job.started_at,
         finished_at=job.finished_at,
         exit_code=job.exit_code,
-        reason=job.reason,
+        reason=shown_reason(job),
         deleted=job.deleted,
         priority=job.priority,
         pool=job.pool,
@@ -289,7 +304,7 @@ def queue_out(pending: list[Job], order: list[int], now: datetime) -> schemas.Qu
                 priority=j.priority,
                 gpus=j.gpus,
                 waiting_seconds=max(0.0, (now - j.created_at).total_seconds()),
-                reason=j.reason,
+                reason=shown_reason(j),
             )
             for i, j in enumerate(ordered)
         ]

@@ -5,14 +5,14 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, lazyload
 
 from corral.core import schemas
 from corral.core.errors import Forbidden, NotFound
 from corral.core.states import JobKind, JobState, NodeState
 from corral.server.services.auth import NODE_PREFIX, hash_token, new_secret
 from corral.server.services.jobs import change_state
-from corral.store.models import Gpu, GpuAllocation, Job, Node, NodeEvent
+from corral.store.models import Gpu, GpuAllocation, Job, Node, NodeEvent, Project, User
 
 HOLDING_STATES = [s.value for s in JobState if s.holds_devices]
 
@@ -111,6 +111,9 @@ def register(
     return node, token
 
 
+_JOB_ALONE = (lazyload(Job.project), lazyload(Job.user), lazyload(Job.node))
+
+
 def apply_reports(
     session: Session, node: Node, reports: list[schemas.JobReport], now: datetime
 ) -> bool:
@@ -122,7 +125,8 @@ def apply_reports(
     """
     freed = False
     for report in reports:
-        job = session.get(Job, report.job_id)
+        # Nothing here needs the job's project, user or node (joined by default).
+        job = session.get(Job, report.job_id, options=_JOB_ALONE)
         if job is None or job.node_id != node.id or job.attempt != report.attempt:
             continue
         state = JobState(job.state)
@@ -203,6 +207,7 @@ def _finish(
 
 def requeue(session: Session, job: Job, at: datetime, reason: str | None) -> None:
     """Put a preempted job back in the queue; it keeps its place (submission order)."""
+    job.preempted_note = reason
     job.preempted_by_id = None
     job.node_id = None
     job.gpu_ids = []
@@ -217,20 +222,49 @@ def requeue(session: Session, job: Job, at: datetime, reason: str | None) -> Non
     )
 
 
+_WOKEN_BY_HEARTBEAT = (NodeState.NOT_READY.value, NodeState.DOWN.value, NodeState.REGISTERING.value)
+
+
+def heartbeat_due(node: Node, now: datetime, every: float) -> bool:
+    """Whether a sync from ``node`` must write a heartbeat: its state depends on one, or
+    the last one written is ``every`` seconds old."""
+    if node.state in _WOKEN_BY_HEARTBEAT:
+        return True
+    return node.last_heartbeat is None or (now - node.last_heartbeat).total_seconds() >= every
+
+
 def heartbeat(session: Session, node: Node, now: datetime) -> None:
     node.last_heartbeat = now
-    if node.state in (NodeState.NOT_READY.value, NodeState.DOWN.value, NodeState.REGISTERING.value):
+    if node.state in _WOKEN_BY_HEARTBEAT:
         set_node_state(session, node, NodeState.READY, now, "heartbeats resumed")
 
 
 def desired_state(session: Session, node: Node, now: datetime) -> schemas.SyncResponse:
-    jobs = list(
-        session.scalars(
-            select(Job)
-            .where(Job.node_id == node.id, Job.state.in_(HOLDING_STATES))
-            .order_by(Job.id)
+    # Every agent's every sync: plain rows of what an assignment needs, not ORM objects.
+    jobs = session.execute(
+        select(
+            Job.id,
+            Job.attempt,
+            Job.name,
+            Project.name.label("project"),
+            User.name.label("user"),
+            User.unix_user,
+            Job.kind,
+            Job.state,
+            Job.command,
+            Job.env,
+            Job.workdir,
+            Job.gpu_ids,
+            Job.cpus,
+            Job.memory_bytes,
+            Job.grace_seconds,
+            Job.preempted_by_id,
         )
-    )
+        .join(Project, Project.id == Job.project_id)
+        .join(User, User.id == Job.user_id)
+        .where(Job.node_id == node.id, Job.state.in_(HOLDING_STATES))
+        .order_by(Job.id)
+    ).all()
     # A job bound to devices that jobs it preempted still hold starts after they are gone.
     after: dict[int, list[int]] = {}
     for j in jobs:
@@ -242,9 +276,9 @@ def desired_state(session: Session, node: Node, now: datetime) -> schemas.SyncRe
             job_id=j.id,
             attempt=j.attempt,
             name=j.name,
-            project=j.project.name,
-            user=j.user.name,
-            unix_user=j.user.unix_user,
+            project=j.project,
+            user=j.user,
+            unix_user=j.unix_user,
             kind=JobKind(j.kind),
             state=JobState(j.state),
             command=list(j.command),

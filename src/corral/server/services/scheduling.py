@@ -14,10 +14,12 @@ devices are already counted for the job that replaces it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import Row, bindparam, delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -50,11 +52,55 @@ class CycleResult:
     queue: list[int] = field(default_factory=list)
 
 
-def _job_view(job: Job, node: str | None) -> JobView:
+# Every column `_job_view` reads for a waiting job (one without a node: no placements, so
+# no gpu_ids). Jobs are loaded as plain rows of just these (plus gpu_ids and node_id for
+# jobs that hold devices), every cycle, the whole queue: ORM objects cost several times
+# more.
+_QUEUE_COLUMNS = (
+    Job.id,
+    Job.name,
+    Job.project_id,
+    Job.kind,
+    Job.priority,
+    Job.gpus,
+    Job.pool,
+    Job.cpus,
+    Job.memory_bytes,
+)
+
+
+class _QueueViews:
+    """The views of the last cycle's waiting jobs, by everything each was made of.
+
+    A waiting job's view is a pure function of its row (`_QUEUE_COLUMNS`) and its
+    project's name, so a view whose inputs are unchanged is reused instead of rebuilt
+    (with a long queue, building them again was a large part of every cycle). Entries
+    the latest cycle did not use are dropped.
+    """
+
+    def __init__(self) -> None:
+        self._views: dict[tuple[Any, ...], JobView] = {}
+
+    def views(self, rows: Iterable[Row[Any]], project_names: dict[int, str]) -> tuple[JobView, ...]:
+        old = self._views
+        new: dict[tuple[Any, ...], JobView] = {}
+        for row in rows:
+            project = project_names[row.project_id]
+            key = (tuple(row), project)
+            view = old.get(key)
+            new[key] = view if view is not None else _job_view(row, project, None)
+        self._views = new
+        return tuple(new.values())
+
+
+_queue_views = _QueueViews()
+
+
+def _job_view(job: Row[Any], project: str, node: str | None) -> JobView:
     return JobView(
         id=job.id,
         name=job.name,
-        project=job.project.name,
+        project=project,
         order=job.id,
         kind="interactive" if job.kind == JobKind.INTERACTIVE.value else "train",
         priority=job.priority,
@@ -97,18 +143,24 @@ def build_snapshot(session: Session) -> tuple[Snapshot, dict[str, Node]]:
         )
         for p in projects
     )
-    holding = session.scalars(
-        select(Job).where(Job.state.in_(HOLDING_STATES), Job.preempted_by_id.is_(None))
+    holding = session.execute(
+        select(*_QUEUE_COLUMNS, Job.gpu_ids, Job.node_id).where(
+            Job.state.in_(HOLDING_STATES), Job.preempted_by_id.is_(None)
+        )
     )
     running = tuple(
-        _job_view(j, node_by_id[j.node_id].name if j.node_id in node_by_id else None)
+        _job_view(
+            j,
+            project_names[j.project_id],
+            node_by_id[j.node_id].name if j.node_id in node_by_id else None,
+        )
         for j in holding
     )
-    pending = tuple(
-        _job_view(j, None)
-        for j in session.scalars(
-            select(Job).where(Job.state == JobState.PENDING.value).order_by(Job.id)
-        )
+    pending = _queue_views.views(
+        session.execute(
+            select(*_QUEUE_COLUMNS).where(Job.state == JobState.PENDING.value).order_by(Job.id)
+        ),
+        project_names,
     )
     snapshot = Snapshot(nodes=node_views, running=running, pending=pending, projects=project_views)
     return snapshot, nodes
@@ -177,12 +229,33 @@ def apply_decisions(
         node.generation += 1
         result.changed_nodes.add(node.id)
         result.bound += 1
-    for job_id, reason in decisions.reasons.items():
-        job = session.get(Job, job_id)
-        if job is not None and job.state == JobState.PENDING.value and job.reason != reason:
-            job.reason = reason
+    _update_reasons(session, decisions.reasons)
     result.pending = len(decisions.reasons)
     return result
+
+
+def _update_reasons(session: Session, reasons: dict[int, str]) -> None:
+    """Store the policy's reason on each job still pending whose reason changed.
+
+    One query for the current reasons and one batched UPDATE, not a lookup per pending
+    job: this runs every cycle, over the whole queue.
+    """
+    if not reasons:
+        return
+    current = session.execute(select(Job.id, Job.reason).where(Job.state == JobState.PENDING.value))
+    changed = [
+        {"job_id": job_id, "new_reason": reasons[job_id]}
+        for job_id, reason in current
+        if job_id in reasons and reasons[job_id] != reason
+    ]
+    if changed:
+        jobs = Job.metadata.tables[Job.__tablename__]
+        session.execute(
+            update(jobs)
+            .where(jobs.c.id == bindparam("job_id"), jobs.c.state == JobState.PENDING.value)
+            .values(reason=bindparam("new_reason")),
+            changed,
+        )
 
 
 def decay_usage(
