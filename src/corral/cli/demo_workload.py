@@ -19,6 +19,9 @@ from corral.core.states import JobKind
 from corral.paths import write_secret
 
 PROJECTS = ("team-a", "team-b", "team-c")
+# Guaranteed GPUs per project, adding up to the demo cluster's 20: each team gets its
+# quota when it asks, and borrows idle GPUs beyond it (interactive jobs need quota).
+QUOTAS = {"team-a": 8, "team-b": 8, "team-c": 4}
 # Who is in which project. Each user gets a token saved in the demo directory.
 MEMBERS = {"alice": ("team-a", "team-b"), "bob": ("team-b", "team-c")}
 
@@ -138,9 +141,9 @@ def run_workload(
     ``client_for(token)`` makes a client acting as the user with that token, so each job
     is submitted by its own user, as it would be on a real cluster.
     """
-    echo(f"Creating projects {', '.join(PROJECTS)}")
+    echo("Creating projects " + ", ".join(f"{p} (quota {QUOTAS[p]} GPUs)" for p in PROJECTS))
     for project in PROJECTS:
-        admin.post("/projects", {"name": project})
+        admin.post("/projects", {"name": project, "quota": QUOTAS[project]})
     token_files: dict[str, Path] = {}
     tokens: dict[str, str] = {}
     for user, projects in MEMBERS.items():
