@@ -10,14 +10,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import os
 import pkgutil
-import platform
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+
+from bench import machine
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -32,25 +31,6 @@ def discover() -> dict[str, ModuleType]:
             name = getattr(module, "NAME", info.name.removesuffix("_bench"))
             found[name] = module
     return found
-
-
-def machine() -> dict[str, Any]:
-    """What the numbers were measured on: CPU model, cores, Python."""
-    model = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": model,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "implementation": platform.python_implementation(),
-        "system": f"{platform.system()} {platform.release()}",
-    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,8 +30,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
-import platform
 import shutil
 import signal
 import statistics
@@ -51,6 +49,7 @@ import psutil
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
+from bench import machine  # noqa: E402
 from support.cluster import LocalCluster  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "throughput.json"
@@ -259,26 +258,6 @@ def run_once(
 # ---------------------------------------------------------------- reporting
 
 
-def _machine() -> dict[str, Any]:
-    """What the numbers were measured on (the same keys as ``python -m bench`` writes)."""
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": model,
-        "cores": os.cpu_count(),
-        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3, 1),
-        "python": platform.python_version(),
-        "implementation": platform.python_implementation(),
-        "system": f"{platform.system()} {platform.release()}",
-    }
-
-
 def _median_of(runs: list[dict[str, Any]], key: str) -> float | None:
     values = [r[key] for r in runs if r.get(key) is not None]
     return round(statistics.median(values), 3) if values else None
@@ -351,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
             f"from {args.threads} thread(s) of one keep-alive client"
         ),
         "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "machine": _machine(),
+        "machine": machine(),
         "runs": args.runs,
         "median": {
             key: _median_of(runs, key)
