@@ -127,7 +127,7 @@ def test_interactive_jobs_are_stopped_when_the_project_limit_passes(server: Harn
     server.check_health()
     nb = server.job("nb", "lab")
     assert nb["state"] == "stopping"
-    assert nb["reason"] == "interactive time limit of project lab (1h0m) reached"
+    assert nb["reason"] == "interactive time limit of project lab (1h) reached"
     assert server.job("train", "lab")["state"] == "running"  # train jobs have no such limit
     [a] = [a for a in server.sync(node)["assignments"] if a["name"] == "nb"]
     assert a["stop"] is True

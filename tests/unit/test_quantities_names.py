@@ -33,6 +33,15 @@ def test_format() -> None:
     assert format_bytes(80 << 30) == "80GiB"
     assert format_bytes(3 << 29) == "1.5GiB"
     assert format_duration(3725) == "1h2m"
+    assert [format_duration(v) for v in (59, 60, 303, 3600, 28800, 86400, 97200)] == [
+        "59s",
+        "1m",
+        "5m3s",
+        "1h",
+        "8h",
+        "1d",
+        "1d3h",
+    ]
     assert format_duration(None) == "-"
 
 

@@ -59,14 +59,19 @@ def format_bytes(n: int | None) -> str:
 
 
 def format_duration(seconds: float | None) -> str:
-    """Print a duration compactly: ``42s``, ``5m3s``, ``2h10m``, ``3d4h``."""
+    """Print a duration compactly: ``42s``, ``5m3s``, ``2h10m``, ``8h``, ``3d4h``.
+
+    A trailing zero unit is left out (``8h``, not ``8h0m``; ``5m``, not ``5m0s``).
+    """
     if seconds is None:
         return "-"
     s = max(0, int(seconds))
     if s < 60:
         return f"{s}s"
     if s < 3600:
-        return f"{s // 60}m{s % 60}s"
-    if s < 86400:
-        return f"{s // 3600}h{(s % 3600) // 60}m"
-    return f"{s // 86400}d{(s % 86400) // 3600}h"
+        big, unit, rest, sub = s // 60, "m", s % 60, "s"
+    elif s < 86400:
+        big, unit, rest, sub = s // 3600, "h", s % 3600 // 60, "m"
+    else:
+        big, unit, rest, sub = s // 86400, "d", s % 86400 // 3600, "h"
+    return f"{big}{unit}{rest}{sub}" if rest else f"{big}{unit}"

@@ -1,7 +1,7 @@
 """Fixtures of the CLI tests: a fake API, an isolated $CORRAL_HOME, and a runner.
 
 The ``run`` fixture invokes the real command tree with ``CliRunner``, the fake API as
-transport, and a fixed clock, so relative times ("5m0s") are exact.
+transport, and a fixed clock, so relative times ("5m") are exact.
 """
 
 from __future__ import annotations

@@ -110,7 +110,7 @@ def test_project_create_with_settings(run: Runner, api: FakeApi) -> None:
         "parent": "dept",
     }
     assert (
-        "quota 4, weight 2, limit 6, priority 5, pools a100, interactive limit 8h0m, parent dept"
+        "quota 4, weight 2, limit 6, priority 5, pools a100, interactive limit 8h, parent dept"
     ) in result.stdout
 
 
@@ -206,7 +206,7 @@ def test_user_list(run: Runner, api: FakeApi) -> None:
 
     lines = result.stdout.splitlines()
     assert cells(lines[0]) == ["NAME", "ROLE", "UNIX-USER", "PROJECTS", "CREATED"]
-    assert cells(lines[1]) == ["carol", "admin", "cjones", "team-a,team-b", "1h0m ago"]
+    assert cells(lines[1]) == ["carol", "admin", "cjones", "team-a,team-b", "1h ago"]
 
 
 def test_user_token(run: Runner, api: FakeApi) -> None:
@@ -236,7 +236,7 @@ def test_join_token_prints_the_agent_command(run: Runner, api: FakeApi, logged_i
     assert result.exit_code == 0, result.output
     assert api.body("POST", "/join-tokens") == {"ttl_seconds": 7200}
     assert f"corral agent --server {SERVER} --join-token join_abc" in result.stdout
-    assert "(in 2h0m)" in result.stdout
+    assert "(in 2h)" in result.stdout
     assert result.stderr == ""  # a routable server address: no loopback note
 
 
