@@ -50,7 +50,3 @@ class ConnectionStatus:
             self._reachable = True
         if was is False:
             self._say("connected")
-
-    @property
-    def reachable(self) -> bool:
-        return bool(self._reachable)

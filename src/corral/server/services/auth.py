@@ -21,6 +21,10 @@ NODE_PREFIX = "crn_"
 JOIN_PREFIX = "crj_"
 
 
+BAD_USER_TOKEN = "the token is not valid (expired, revoked or mistyped)"  # noqa: S105 (an error message)
+BAD_NODE_TOKEN = "the node token is not valid: re-join the node with a join token"  # noqa: S105
+
+
 def new_secret(prefix: str) -> str:
     return prefix + secrets.token_urlsafe(32)
 
@@ -45,39 +49,31 @@ def create_join_token(session: Session, now: datetime, expires_at: datetime | No
     return token
 
 
-def user_for_token(session: Session, token: str) -> User:
-    row = session.scalar(select(ApiToken).where(ApiToken.token_hash == hash_token(token)))
-    if row is None:
-        raise Unauthorized("the token is not valid (expired, revoked or mistyped)")
-    return row.user
-
-
 def node_for_token(session: Session, token: str) -> Node:
     node = session.scalar(select(Node).where(Node.token_hash == hash_token(token)))
     if node is None:
-        raise Unauthorized("the node token is not valid: re-join the node with a join token")
+        raise Unauthorized(BAD_NODE_TOKEN)
     return node
 
 
 def caller_for_token(session: Session, token: str) -> tuple[int, str, str]:
-    """(id, name, role) of the token's user: `user_for_token` for every request, as
-    one small query (no ORM objects)."""
+    """(id, name, role) of the token's user, for every request: one small query."""
     row = session.execute(
         select(User.id, User.name, User.role)
         .join(ApiToken, ApiToken.user_id == User.id)
         .where(ApiToken.token_hash == hash_token(token))
     ).first()
     if row is None:
-        raise Unauthorized("the token is not valid (expired, revoked or mistyped)")
+        raise Unauthorized(BAD_USER_TOKEN)
     return row.id, row.name, row.role
 
 
 def node_id_for_token(session: Session, token: str) -> int:
-    """The id of the token's node: `node_for_token` for every agent call, as one small
-    query (no ORM objects)."""
+    """The id of the token's node, for every agent call: one small query (no ORM objects);
+    `node_for_token` when the node row itself is needed."""
     node_id = session.scalar(select(Node.id).where(Node.token_hash == hash_token(token)))
     if node_id is None:
-        raise Unauthorized("the node token is not valid: re-join the node with a join token")
+        raise Unauthorized(BAD_NODE_TOKEN)
     return node_id
 
 
