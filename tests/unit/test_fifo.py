@@ -74,3 +74,15 @@ def test_never_binds_a_gpu_twice_in_one_cycle() -> None:
     )
     taken = [(b.node, g) for b in d.bindings for g in b.gpu_ids]
     assert len(taken) == len(set(taken)) == 16
+
+
+def test_jobs_fifo_cannot_place_wait_and_say_so() -> None:
+    pending = (
+        job(1, 0, workers=2),
+        JobView(id=2, name="f", project="p", order=2, gpus=0.5),
+        JobView(id=3, name="m", project="p", order=3, mig_profile="1g.10gb"),
+    )
+    d = FifoPolicy().schedule(Snapshot(nodes=(node("a", 8),), running=(), pending=pending))
+    assert d.bindings == []
+    assert set(d.reasons) == {1, 2, 3}
+    assert all("only single-worker jobs of whole GPUs" in r for r in d.reasons.values())

@@ -9,17 +9,19 @@ problem, each naming the field, with exit code 1.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import click
 
 from corral.cli.output import OUTPUT_FORMATS, Column, print_data, print_table
-from corral.scheduler.model import Placement
+from corral.scheduler import FairSharePolicy, FifoPolicy
+from corral.scheduler.model import Placement, Policy
 from corral.scheduler.scenario import ScenarioError, load_scenario
 from corral.scheduler.sim import Event, JobOutcome, SimResult, run_simulation
 from corral.scheduler.units import fmt_gpus
 
+POLICIES: dict[str, Callable[[], Policy]] = {"fair-share": FairSharePolicy, "fifo": FifoPolicy}
 PROJECT_COLUMNS = ("PROJECT", "QUOTA", "FAIR-SHARE", "ALLOCATED", "PENDING")
 JOB_COLUMNS = (Column("JOB"), Column("STATE", styled=True), Column("NODE"), Column("GPUS"),
                Column("REASON"))  # fmt: skip
@@ -48,6 +50,14 @@ def sim() -> None:
     help="Scheduler cycles to run (default: the file's `cycles`, else 5).",
 )
 @click.option(
+    "--policy",
+    type=click.Choice(sorted(POLICIES)),
+    default="fair-share",
+    show_default=True,
+    help="Scheduling policy: the server's fair-share scheduler, or plain first-come "
+    "first-served (whole GPUs only, no quotas) to compare against.",
+)
+@click.option(
     "-o",
     "--output",
     type=click.Choice(OUTPUT_FORMATS, case_sensitive=False),
@@ -55,7 +65,7 @@ def sim() -> None:
     show_default=True,
     help="Output format: tables for people, or JSON/YAML (docs/scheduler.md) for scripts.",
 )
-def scenario(file: Path, cycles: int | None, output: str) -> None:
+def scenario(file: Path, cycles: int | None, policy: str, output: str) -> None:
     """Run the scheduler on scenario FILE and show where every job ends up.
 
     Preempted jobs return to pending between cycles and may start again; the run stops
@@ -69,7 +79,7 @@ def scenario(file: Path, cycles: int | None, output: str) -> None:
         for line in exc.problems:
             click.echo(f"error: {line}", err=True)
         raise click.exceptions.Exit(1) from exc
-    result = run_simulation(loaded, cycles=cycles)
+    result = run_simulation(loaded, cycles=cycles, policy=POLICIES[policy]())
     if output != "table":
         print_data(result.to_json(), output)
         return

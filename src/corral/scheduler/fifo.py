@@ -81,6 +81,17 @@ class FifoPolicy:
         decisions = Decisions()
         free = _free_capacity(snapshot)
         for job in sorted(snapshot.pending, key=lambda j: j.order):
+            if (
+                job.gpus != int(job.gpus)
+                or job.gpu_memory_bytes
+                or job.mig_profile
+                or job.workers != 1
+            ):
+                decisions.reasons[job.id] = (
+                    "the FIFO policy places only single-worker jobs of whole GPUs"
+                )
+                decisions.queue.append(job.id)
+                continue
             candidates = [s for s in free.values() if _fits(job, s)]
             if not candidates:
                 decisions.reasons[job.id] = _why_not(job, free)

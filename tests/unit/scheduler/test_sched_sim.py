@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 from corral.scheduler import FifoPolicy
@@ -128,3 +130,24 @@ def test_results_do_not_depend_on_the_hash_seed() -> None:
         for seed in ("1", "2", "12345")
     }
     assert len(outputs) == 1
+
+
+def test_sim_compares_policies_on_the_reference_scenario(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from corral.cli.main import cli
+
+    scenario = Path(__file__).parents[3] / "docs" / "examples" / "reference-scenario.yaml"
+    runs = {}
+    for policy in ("fair-share", "fifo"):
+        result = CliRunner().invoke(
+            cli, ["sim", "scenario", str(scenario), "--policy", policy, "-o", "json"]
+        )
+        assert result.exit_code == 0, result.output
+        runs[policy] = json.loads(result.stdout)["jobs"]
+    running = {
+        p: Counter(n.split("-")[0] for n, j in jobs.items() if j["state"] == "running")
+        for p, jobs in runs.items()
+    }
+    assert running["fair-share"] == {"a": 8, "b": 4, "c": 4}
+    assert running["fifo"] == {"a": 10, "b": 6}  # first come, first served: c gets nothing
