@@ -198,8 +198,6 @@ def apply_decisions(
         node = nodes.get(binding.node)
         if job is None or node is None or job.state != JobState.PENDING.value:
             continue
-        if len(binding.placements) != 1:
-            continue  # gangs in the real system come with job workers (next step)
         try:
             with session.begin_nested():
                 session.add_all(
