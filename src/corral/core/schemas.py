@@ -5,7 +5,8 @@ They are kept apart from the ORM models (`corral.store.models`) on purpose: the
 database can change shape without changing what clients see, and the other way round.
 
 Units are part of the field names where they are not obvious: ``*_bytes`` are bytes,
-``*_seconds`` are seconds, ``gpus`` counts whole GPUs (fractions come with issue 3).
+``*_seconds`` are seconds, ``gpus`` counts whole GPUs (the scheduler handles fractions in
+`corral sim`; nodes do not run fractional jobs yet).
 """
 
 from __future__ import annotations
@@ -224,8 +225,8 @@ class JobSubmit(_Strict):
     def _whole_gpus(cls, v: float) -> float:
         if v != int(v):
             raise ValueError(
-                "must be a whole number of GPUs (fractional GPUs come with the fair-share "
-                "scheduler)"
+                "must be a whole number of GPUs for now: the scheduler can share GPUs "
+                "(try it with `corral sim`), but nodes do not run fractional jobs yet"
             )
         return v
 

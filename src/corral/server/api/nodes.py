@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-from sqlalchemy import select
 
 from corral.core import schemas
 from corral.server.api.deps import CallerDep, CtxDep
 from corral.server.services import nodes as node_service
-from corral.store.models import Node
 
 router = APIRouter(tags=["nodes"])
 
@@ -16,8 +14,7 @@ router = APIRouter(tags=["nodes"])
 @router.get("/nodes", response_model=schemas.NodeList)
 def list_nodes(ctx: CtxDep, caller: CallerDep) -> schemas.NodeList:
     with ctx.db.read() as s:
-        rows = s.scalars(select(Node).order_by(Node.name))
-        return schemas.NodeList(nodes=[node_service.node_out(s, n) for n in rows])
+        return schemas.NodeList(nodes=node_service.list_nodes(s))
 
 
 @router.get("/nodes/{name}", response_model=schemas.NodeOut)

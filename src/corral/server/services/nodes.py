@@ -382,6 +382,10 @@ def node_out(session: Session, node: Node) -> schemas.NodeOut:
     )
 
 
+def list_nodes(session: Session) -> list[schemas.NodeOut]:
+    return [node_out(session, n) for n in session.scalars(select(Node).order_by(Node.name))]
+
+
 def get_node(session: Session, name: str) -> Node:
     node = session.scalar(select(Node).where(Node.name == name))
     if node is None:
