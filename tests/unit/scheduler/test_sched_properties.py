@@ -16,6 +16,7 @@ import random
 from dataclasses import replace
 
 import pytest
+from sched_factories import apply
 
 from corral.scheduler.fairshare import FairSharePolicy
 from corral.scheduler.model import (
@@ -135,22 +136,6 @@ def run(snapshot: Snapshot) -> tuple[Snapshot, int, dict[int, int]]:
             preempted[p.job_id] = preempted.get(p.job_id, 0) + 1
         snapshot = apply(snapshot, decisions)
     pytest.fail(f"not stable after {MAX_CYCLES} cycles")
-
-
-def apply(snapshot: Snapshot, decisions: Decisions) -> Snapshot:
-    running = {j.id: j for j in snapshot.running}
-    pending = {j.id: j for j in snapshot.pending}
-    for p in decisions.preemptions:
-        job = running.pop(p.job_id)
-        pending[job.id] = replace(job, placements=())
-    for b in decisions.bindings:
-        job = pending.pop(b.job_id)
-        running[job.id] = replace(job, placements=b.placements)
-    return replace(
-        snapshot,
-        running=tuple(sorted(running.values(), key=lambda j: j.order)),
-        pending=tuple(sorted(pending.values(), key=lambda j: j.order)),
-    )
 
 
 def check_decisions(snapshot: Snapshot, decisions: Decisions) -> None:
