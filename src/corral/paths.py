@@ -5,7 +5,8 @@ Layout::
     $CORRAL_HOME/config.json          the CLI's server, token and current project
     $CORRAL_HOME/server/              `corral server` / `corral up`: corral.db, logs/,
                                       admin-token, join-token (mode 0600)
-    $CORRAL_HOME/agent/<node>/        `corral agent`: node-token, jobs/<id>-<attempt>/
+    $CORRAL_HOME/agent/<node>/        `corral agent`: node-token,
+                                      jobs/<id>-<attempt>[-r<rank>]/
     $CORRAL_HOME/demo/                `corral demo`: a throw-away server and agents
 """
 

@@ -64,13 +64,14 @@ class Harness:
     def job(self, name: str, project: str = "default") -> Any:
         return self.get(f"/jobs/{project}/{name}")
 
-    def register(self, name: str, gpus: int = 8, **extra: Any) -> str:
+    def register(self, name: str, gpus: int | list[dict[str, Any]] = 8, **extra: Any) -> str:
+        """Register node ``name`` with ``gpus`` GPUs (a count, or the GPUs themselves)."""
         body = {
             "name": name,
             "hostname": name,
             "cpu_cores": 32,
             "memory_bytes": 256 << 30,
-            "gpus": gpu_list(gpus, name),
+            "gpus": gpu_list(gpus, name) if isinstance(gpus, int) else gpus,
             "simulated": True,
             "gpu_backend": "simulated",
             **extra,

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from api.conftest import Harness
+from corral.server.api import jobs as jobs_api
 
 
 def test_submit_binds_on_cycle_and_reports_drive_the_state_machine(server: Harness) -> None:
@@ -202,3 +205,103 @@ def test_list_filters_by_state(server: Harness, state: str) -> None:
     server.sync(node, [{"job_id": job_id, "attempt": 1, "state": "running", "pid": 1}])
     names = [j["name"] for j in server.get("/jobs", state=state)["jobs"]]
     assert names == (["a"] if state == "running" else ["b"])
+
+
+# ---------------------------------------------------------------- gang workers' logs
+
+
+def put_log(server: Harness, node: str, job_id: int, data: bytes, **params: int) -> Any:
+    return server.http.put(
+        f"/api/v1/agent/jobs/{job_id}/attempts/1/log",
+        params={"offset": 0, **params},
+        content=data,
+        headers=server.h(node),
+    )
+
+
+def read_log(server: Harness, name: str, **params: Any) -> Any:
+    return server.http.get(
+        f"/api/v1/jobs/default/{name}/logs", params=params, headers=server.h(server.admin)
+    )
+
+
+def gang_on_two_nodes(server: Harness) -> tuple[int, dict[int, str], str]:
+    """A gang of two, one worker on each of two nodes; also a node that runs neither.
+    Returns the job's id, each rank's node token, and the bystander's token."""
+    tokens = {name: server.register(name, gpus=4) for name in ("n1", "n2")}
+    bystander = server.register("n3", gpus=0)
+    assert server.submit("gang", gpus=4, workers=2).status_code == 201
+    server.cycle()
+    job = server.job("gang")
+    by_rank = {w["rank"]: tokens[w["node"]] for w in job["worker_list"]}
+    assert sorted(by_rank) == [0, 1] and by_rank[0] != by_rank[1]
+    return job["id"], by_rank, bystander
+
+
+def test_each_worker_of_a_gang_has_its_own_log(server: Harness) -> None:
+    job_id, node_of, _ = gang_on_two_nodes(server)
+    assert put_log(server, node_of[0], job_id, b"rank zero\n").json()["next_offset"] == 10
+    r = put_log(server, node_of[1], job_id, b"rank one\n", rank=1)
+    assert r.status_code == 200 and r.json()["next_offset"] == 9
+    assert read_log(server, "gang").text == "rank zero\n"
+    assert read_log(server, "gang", rank=0).text == "rank zero\n"
+    assert read_log(server, "gang", rank=1).text == "rank one\n"
+    # Rank 0 stays where logs always were; rank 1 has a file of its own.
+    logs = server.ctx.logs
+    assert logs.path(job_id, 1) == logs.root / str(job_id) / "1.log"
+    assert logs.path(job_id, 1).read_bytes() == b"rank zero\n"
+    assert logs.path(job_id, 1, 1) == logs.root / str(job_id) / "1.r1.log"
+    assert logs.path(job_id, 1, 1).read_bytes() == b"rank one\n"
+
+
+def test_a_workers_log_is_accepted_only_from_the_node_that_runs_it(server: Harness) -> None:
+    job_id, node_of, bystander = gang_on_two_nodes(server)
+    for token, rank in ((node_of[0], 1), (bystander, 1), (node_of[1], 0), (bystander, 0)):
+        r = put_log(server, token, job_id, b"forged\n", rank=rank)
+        assert r.status_code == 401, (rank, r.text)
+    r = put_log(server, node_of[0], job_id, b"forged\n", rank=1)
+    assert r.json()["error"]["message"] == "this node does not run worker 1 of that job attempt"
+    assert read_log(server, "gang", rank=0).text == ""
+    assert read_log(server, "gang", rank=1).text == ""
+    assert put_log(server, node_of[1], job_id, b"mine\n", rank=1).status_code == 200
+    assert read_log(server, "gang", rank=1).text == "mine\n"
+    # Attempts the job has not had yet are refused for a gang's workers too.
+    r = server.http.put(
+        f"/api/v1/agent/jobs/{job_id}/attempts/2/log",
+        params={"offset": 0, "rank": 1},
+        content=b"x",
+        headers=server.h(node_of[1]),
+    )
+    assert r.status_code == 401
+
+
+def test_a_rank_the_job_does_not_have_is_refused(server: Harness) -> None:
+    gang_on_two_nodes(server)
+    r = read_log(server, "gang", rank=2)
+    assert r.status_code == 422
+    assert r.json()["error"]["field"] == "rank"
+    assert r.json()["error"]["message"] == "rank: job 'gang' has ranks 0..1"
+    node = server.register("n4", gpus=1)
+    server.submit("single", gpus=1)
+    server.cycle()
+    r = read_log(server, "single", rank=1)
+    assert (r.status_code, r.json()["error"]["field"]) == (422, "rank")
+    assert "not a gang" in r.json()["error"]["message"]
+    single = server.job("single")
+    assert single["node"] == "n4"
+    # No worker 1 of a job that is not a gang, whichever node asks.
+    assert put_log(server, node, single["id"], b"x", rank=1).status_code == 401
+
+
+def test_following_a_worker_ends_when_that_worker_ends(server: Harness) -> None:
+    job_id, node_of, _ = gang_on_two_nodes(server)
+    report = {"job_id": job_id, "attempt": 1}
+    for rank in (0, 1):
+        server.sync(node_of[rank], [{**report, "rank": rank, "state": "running", "pid": 7}])
+    put_log(server, node_of[1], job_id, b"done\n", rank=1)
+    server.sync(node_of[1], [{**report, "rank": 1, "state": "exited", "exit_code": 0}])
+    assert server.job("gang")["state"] == "running"  # rank 0 still runs
+    assert jobs_api._log_finished(server.ctx, job_id, 1, 0) is False
+    assert jobs_api._log_finished(server.ctx, job_id, 1, 1) is True
+    r = read_log(server, "gang", rank=1, follow="true")  # returns: worker 1 has ended
+    assert r.text == "done\n"

@@ -27,6 +27,7 @@ from corral import __version__, paths
 from corral.agent.config import AgentConfig
 from corral.agent.gpus import GpuBackend, open_backend
 from corral.agent.inventory import host_inventory
+from corral.agent.jobdirs import describe
 from corral.agent.logship import LogShipping
 from corral.agent.retry import Backoff, ConnectionStatus
 from corral.agent.runtime.base import JobHandle, Runtime
@@ -165,6 +166,7 @@ class Agent:
                 gpus,
                 runs_jobs_as=self.usermap.runs_jobs_as,
                 pool=self.config.pool,
+                address=self.config.address,
             )
         )
         if registration is None:
@@ -221,7 +223,7 @@ class Agent:
                 thread.join(_JOIN_SECONDS)
         left = self.supervisor.running() if self.supervisor else []
         if left:
-            jobs = ", ".join(f"job {h.job_id} attempt {h.attempt} (pid {h.pid})" for h in left)
+            jobs = ", ".join(f"{describe(h.key)} (pid {h.pid})" for h in left)
             self.say(f"stopped; left {len(left)} job(s) running, to re-adopt on restart: {jobs}")
         else:
             self.say("stopped")

@@ -20,6 +20,8 @@ class AgentConfig:
     - ``user_map``: corral user → Unix account overrides (``"*"`` matches everyone).
     - ``allow_root_jobs``: let jobs run as root when the mapping resolves to root.
     - ``pool``: the node pool this node belongs to.
+    - ``address``: where other nodes reach this one (gangs' MASTER_ADDR); None: the
+      host name.
     - ``grace_seconds``: default time between SIGTERM and SIGKILL.
     - ``log_flush_seconds``: how often job output is shipped to the server.
     """
@@ -32,5 +34,6 @@ class AgentConfig:
     user_map: dict[str, str] = field(default_factory=dict)
     allow_root_jobs: bool = False
     pool: str = "default"
+    address: str | None = None
     grace_seconds: float = 10.0
     log_flush_seconds: float = 0.5

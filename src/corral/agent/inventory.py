@@ -13,16 +13,23 @@ from corral.core.schemas import NodeInventory
 
 
 def host_inventory(
-    node_name: str, gpus: GpuInventory, *, runs_jobs_as: str, pool: str = "default"
+    node_name: str,
+    gpus: GpuInventory,
+    *,
+    runs_jobs_as: str,
+    pool: str = "default",
+    address: str | None = None,
 ) -> NodeInventory:
     """The node's CPU cores (logical), memory (bytes), GPUs and versions.
 
     ``runs_jobs_as`` is ``"mapped-user"`` for a root agent, else its account name
-    (`corral.agent.usermap.UserMapper.runs_jobs_as`).
+    (`corral.agent.usermap.UserMapper.runs_jobs_as`). ``address`` is where other nodes
+    reach this one (None: its host name).
     """
     return NodeInventory(
         name=node_name,
         hostname=socket.gethostname()[:253],
+        address=address,
         cpu_cores=psutil.cpu_count(logical=True) or os.cpu_count() or 1,
         memory_bytes=psutil.virtual_memory().total,
         gpus=list(gpus.devices),

@@ -1,4 +1,7 @@
-"""The on-disk record of each job attempt: ``<state_dir>/jobs/<job_id>-<attempt>/``.
+"""The on-disk record of each job attempt's worker: ``<state_dir>/jobs/<job_id>-<attempt>/``
+for rank 0 (every job that is not a gang, and a gang's first worker), and
+``<job_id>-<attempt>-r<rank>/`` for a gang's other workers (ranks 1 and up), so that
+several workers of one gang can run on one node.
 
 ::
 
@@ -23,11 +26,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import stat
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 OUTPUT = "output.log"
 EXIT_CODE = "exit-code"
@@ -36,24 +41,47 @@ META = "meta.json"
 LOG_OFFSET = "log-offset"
 REPORTED = "reported"
 
-JobKey = tuple[int, int]
-"""(job_id, attempt)."""
+
+class JobKey(NamedTuple):
+    """One worker of one job attempt: what the agent supervises, ships and reports."""
+
+    job_id: int
+    attempt: int
+    rank: int = 0  # which worker of a gang; 0 for every job that is not one
+
+
+_DIR_NAME = re.compile(r"([0-9]+)-([0-9]+)(?:-r([0-9]+))?")
+
+
+def describe(key: JobKey) -> str:
+    """``"job 12 attempt 3"``, with ``" rank 1"`` for a gang's other workers."""
+    text = f"job {key.job_id} attempt {key.attempt}"
+    return text if key.rank == 0 else f"{text} rank {key.rank}"
 
 
 def jobs_root(state_dir: Path) -> Path:
     return state_dir / "jobs"
 
 
+def dir_name(key: JobKey) -> str:
+    """``"12-3"`` for rank 0 (the name from before gangs), ``"12-3-r1"`` for rank 1."""
+    base = f"{key.job_id}-{key.attempt}"
+    return base if key.rank == 0 else f"{base}-r{key.rank}"
+
+
 def job_dir(state_dir: Path, key: JobKey) -> Path:
-    return jobs_root(state_dir) / f"{key[0]}-{key[1]}"
+    return jobs_root(state_dir) / dir_name(key)
 
 
 def parse_key(name: str) -> JobKey | None:
-    """``"12-3"`` → ``(12, 3)``; None for anything else."""
-    job_id, sep, attempt = name.partition("-")
-    if not sep or not job_id.isdigit() or not attempt.isdigit():
+    """``"12-3"`` → ``(12, 3, 0)``, ``"12-3-r1"`` → ``(12, 3, 1)``; None for anything
+    else, including names `dir_name` never makes (``"12-3-r0"``, ``"012-3"``)."""
+    match = _DIR_NAME.fullmatch(name)
+    if match is None:
         return None
-    return int(job_id), int(attempt)
+    job_id, attempt, rank = match.groups()
+    key = JobKey(int(job_id), int(attempt), int(rank or 0))
+    return key if dir_name(key) == name else None
 
 
 @dataclass(frozen=True)
@@ -72,10 +100,12 @@ class JobMeta:
     uid: int
     grace_seconds: float
     runtime: str = "process"
+    rank: int = 0  # absent from the meta.json of agents from before gangs: rank 0
+    world_size: int = 1
 
     @property
     def key(self) -> JobKey:
-        return (self.job_id, self.attempt)
+        return JobKey(self.job_id, self.attempt, self.rank)
 
 
 def write_meta(directory: Path, meta: JobMeta) -> None:
@@ -110,7 +140,8 @@ def is_reported(directory: Path) -> bool:
 
 
 def list_job_dirs(state_dir: Path) -> list[tuple[JobKey, Path]]:
-    """Every ``<job_id>-<attempt>`` directory, in job order."""
+    """Every job directory (``<job_id>-<attempt>`` and ``<job_id>-<attempt>-r<rank>``),
+    in job, attempt and rank order."""
     root = jobs_root(state_dir)
     try:
         entries = list(root.iterdir())

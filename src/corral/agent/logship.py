@@ -1,7 +1,8 @@
 """Shipping job output to the server.
 
-Each job attempt's ``output.log`` is sent in chunks of at most 1 MiB with
-``PUT /agent/jobs/{job_id}/attempts/{attempt}/log?offset=N``. The server stores only bytes
+Each job attempt's ``output.log`` (one per worker of a gang) is sent in chunks of at most
+1 MiB with ``PUT /agent/jobs/{job_id}/attempts/{attempt}/log?offset=N&rank=R``, where R is
+the worker's rank (0 for a job that is not a gang). The server stores only bytes
 at or past what it has and answers where to continue (`LogAck.next_offset`); the agent
 always continues from there and keeps that offset in the job directory, so a restarted
 agent resumes without sending anything twice. A job's final flush happens before its
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from corral.agent import jobdirs
-from corral.agent.jobdirs import JobKey
+from corral.agent.jobdirs import JobKey, describe
 from corral.agent.retry import Backoff
 from corral.client import ApiClient
 from corral.core.errors import CorralError, PayloadTooLarge, Unavailable
@@ -32,7 +33,7 @@ MAX_BYTES_PER_ROUND = 8 * MAX_CHUNK_BYTES
 
 
 class LogShipper:
-    """Ships one job attempt's ``output.log``; remembers the acknowledged offset."""
+    """Ships one worker's ``output.log``; remembers the acknowledged offset."""
 
     def __init__(self, client: ApiClient, key: JobKey, job_dir: Path) -> None:
         self.client = client
@@ -44,7 +45,7 @@ class LogShipper:
 
     @property
     def path(self) -> str:
-        return f"/agent/jobs/{self.key[0]}/attempts/{self.key[1]}/log"
+        return f"/agent/jobs/{self.key.job_id}/attempts/{self.key.attempt}/log"
 
     def ship(self, max_bytes: int = MAX_BYTES_PER_ROUND) -> bool:
         """Send up to ``max_bytes`` the server lacks. True when everything written so far
@@ -61,7 +62,10 @@ class LogShipper:
                     return True
                 try:
                     answer = self.client.request(
-                        "PUT", self.path, params={"offset": self.offset}, content=chunk
+                        "PUT",
+                        self.path,
+                        params={"offset": self.offset, "rank": self.key.rank},
+                        content=chunk,
                     )
                 except PayloadTooLarge:
                     # A server (or proxy) with a lower body limit: smaller chunks, not
@@ -159,8 +163,8 @@ class LogShipping:
                     return False
                 except CorralError as exc:
                     self._say(
-                        f"job {key[0]} attempt {key[1]}: the server refused its output "
-                        f"({exc}); no more of it will be sent"
+                        f"{describe(key)}: the server refused its output ({exc}); no more "
+                        "of it will be sent"
                     )
                     entry.given_up = caught_up = True
             if caught_up and entry.then is not None:

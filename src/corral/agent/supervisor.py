@@ -1,10 +1,16 @@
 """The supervisor: makes the jobs on this node match the server's desired state.
 
+What it supervises is a worker: one (job, attempt, rank), a `JobKey`. A job that is not
+a gang has one worker, rank 0; a gang's workers are separate assignments, several of
+which may land on this node, and each is its own process, job directory, log and
+reports. Fencing, "an older attempt is still ending here" and ``after`` are per job.
+
 Each `tick` (about every 0.1 s, or at once when a new desired state arrives):
 
 - starts assignments that are not running and not finished here, unless a newer attempt
   of the same job was already seen (fencing after a partition);
-- stops assignments marked ``stop`` and local jobs the server no longer lists;
+- stops assignments marked ``stop`` (a stop of one worker of a job attempt stops all of
+  its workers here) and local workers the server no longer lists;
 - answers for assignments it knows nothing about ("stopped before it started", "the
   agent has no record of this job");
 - polls the runtime; an ended job gets its final log flush, then its "exited" report.
@@ -26,7 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from corral.agent import jobdirs
-from corral.agent.jobdirs import JobKey
+from corral.agent.jobdirs import JobKey, describe
 from corral.agent.logship import LogShipping
 from corral.agent.runtime.base import JobExit, JobHandle, Runtime, StartError
 from corral.agent.sync import DesiredState, ReportQueue
@@ -99,6 +105,7 @@ class Supervisor:
             handle = self.runtime.adopt(directory)
             if handle is None:
                 continue  # a start that never got going: no process was ever recorded
+            key = handle.key  # its meta.json, which the agent wrote, names the worker
             self._note_attempt(key)
             self._live[key] = _Live(handle)
             self.logs.add(key, directory)
@@ -134,40 +141,42 @@ class Supervisor:
 
     def _reconcile(self, assignments: tuple[Assignment, ...]) -> None:
         for a in assignments:
-            self._note_attempt((a.job_id, a.attempt))
+            self._note_attempt(JobKey(a.job_id, a.attempt, a.rank))
+        # A stop of a job stops every worker of it here, whichever worker it came with.
+        stops = {(a.job_id, a.attempt): a.grace_seconds for a in assignments if a.stop}
         wanted: set[JobKey] = set()
         for a in assignments:
-            key = (a.job_id, a.attempt)
+            key = JobKey(a.job_id, a.attempt, a.rank)
             if a.attempt < self._max_attempt[a.job_id]:
                 self._say_once(
                     "fenced",
                     key,
-                    f"job {a.job_id} attempt {a.attempt}: ignored, "
-                    "a newer attempt of this job was already seen",
+                    f"{describe(key)}: ignored, a newer attempt of this job was already seen",
                 )
                 continue
             wanted.add(key)
+            stop = a.stop or (a.job_id, a.attempt) in stops
             live = self._live.get(key)
             if live is not None:
-                if a.stop and live.stop_reason is None:
-                    self._stop(live, a.grace_seconds, "the server asked to stop it")
+                if stop and live.stop_reason is None:
+                    grace = a.grace_seconds if a.stop else stops[(a.job_id, a.attempt)]
+                    self._stop(live, grace, "the server asked to stop it")
             elif key in self._finished:
                 pass  # ended here; its report is sent or on its way
-            elif a.stop:
+            elif stop:
                 self._final_report(key, None, NEVER_STARTED)
             elif a.state in (JobState.STARTING, JobState.RUNNING, JobState.STOPPING):
                 self._final_report(key, None, NO_RECORD)
-                self._say(f"job {a.job_id} attempt {a.attempt}: {NO_RECORD}")
+                self._say(f"{describe(key)}: {NO_RECORD}")
             elif a.state is not JobState.BOUND:
                 self._say_once(
                     "state",
                     key,
-                    f"job {a.job_id} attempt {a.attempt}: "
-                    f"unexpected assignment in state {a.state}; ignored",
+                    f"{describe(key)}: unexpected assignment in state {a.state}; ignored",
                 )
-            elif any(k[0] == a.job_id for k in self._live):
+            elif any(k.job_id == a.job_id and k.attempt != a.attempt for k in self._live):
                 pass  # an older attempt is still ending here: start once it is gone
-            elif any(k[0] in a.after for k in self._live):
+            elif any(k.job_id in a.after for k in self._live):
                 pass  # jobs it preempted still hold its GPUs here: start once they are gone
             else:
                 self._start(a)
@@ -180,7 +189,7 @@ class Supervisor:
                 self._stop(live, live.handle.grace_seconds, "the server no longer wants it")
 
     def _start(self, a: Assignment) -> None:
-        key = (a.job_id, a.attempt)
+        key = JobKey(a.job_id, a.attempt, a.rank)
         self._report(key, "starting")
         try:
             account = self.usermap.resolve(a)
@@ -189,7 +198,7 @@ class Supervisor:
             self._failed(key, a, str(exc))
             return
         except Exception as exc:  # a bug here must fail this job, not the agent
-            log.exception("starting job %s attempt %s failed", a.job_id, a.attempt)
+            log.exception("starting %s failed", describe(key))
             self._failed(key, a, f"internal error in the agent: {exc!r}")
             return
         self._live[key] = _Live(handle)
@@ -201,7 +210,7 @@ class Supervisor:
     def _failed(self, key: JobKey, a: Assignment, message: str) -> None:
         self._finished[key] = self._wall()
         self._report(key, "failed", message=message)
-        self._say(f"job {a.job_id} ({a.name}) attempt {a.attempt}: failed to start: {message}")
+        self._say(f"{_job_of(a)}: failed to start: {message}")
 
     def _stop(self, live: _Live, grace_seconds: float, reason: str) -> None:
         live.stop_reason = reason
@@ -218,7 +227,7 @@ class Supervisor:
             try:
                 result = self.runtime.poll(live.handle)
             except Exception:
-                log.exception("polling job %s attempt %s failed", *key)
+                log.exception("polling %s failed", describe(key))
                 continue
             if result is not None:
                 del self._live[key]
@@ -248,8 +257,7 @@ class Supervisor:
     # ---------------------------------------------------------------- bookkeeping
 
     def _note_attempt(self, key: JobKey) -> None:
-        job_id, attempt = key
-        self._max_attempt[job_id] = max(attempt, self._max_attempt.get(job_id, 0))
+        self._max_attempt[key.job_id] = max(key.attempt, self._max_attempt.get(key.job_id, 0))
 
     def _say_once(self, kind: str, key: JobKey, message: str) -> None:
         if (kind, key) not in self._said:
@@ -274,8 +282,9 @@ def _report(key: JobKey, state: str, **fields: object) -> JobReport:
         message = message[: MAX_MESSAGE_CHARS - 1] + "…"
     return JobReport.model_validate(
         {
-            "job_id": key[0],
-            "attempt": key[1],
+            "job_id": key.job_id,
+            "attempt": key.attempt,
+            "rank": key.rank,
             "state": state,
             "message": message,
             "at": datetime.now(UTC),
@@ -285,4 +294,14 @@ def _report(key: JobKey, state: str, **fields: object) -> JobReport:
 
 
 def _job(handle: JobHandle) -> str:
-    return f"job {handle.job_id} ({handle.name}) attempt {handle.attempt}"
+    return _label(handle.job_id, handle.name, handle.attempt, handle.rank, handle.world_size)
+
+
+def _job_of(a: Assignment) -> str:
+    return _label(a.job_id, a.name, a.attempt, a.rank, a.world_size)
+
+
+def _label(job_id: int, name: str, attempt: int, rank: int, world_size: int) -> str:
+    """``"job 7 (train) attempt 2"``; a gang's worker adds its rank: ``"... rank 1 of 4"``."""
+    text = f"job {job_id} ({name}) attempt {attempt}"
+    return text if world_size <= 1 and rank == 0 else f"{text} rank {rank} of {world_size}"

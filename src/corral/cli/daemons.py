@@ -212,6 +212,13 @@ Examples:
     help="Node pool this node belongs to (jobs and projects can be pinned to pools).",
 )
 @click.option(
+    "--address",
+    metavar="HOST",
+    help="Address other nodes reach this one at: a gang's MASTER_ADDR when its first "
+    "worker runs here (default: the host name). Give the address of the network "
+    "distributed training should use.",
+)
+@click.option(
     "--grace-period",
     type=DURATION,
     default=_AGENT_DEFAULTS.grace_seconds,
@@ -231,6 +238,7 @@ def agent(
     user_map_file: Path | None,
     allow_root_jobs: bool,
     pool: str,
+    address: str | None,
     grace_period: float,
 ) -> None:
     """Run a Corral agent, making this machine a node of the cluster.
@@ -257,6 +265,7 @@ def agent(
         user_map=mapping,
         allow_root_jobs=allow_root_jobs,
         pool=pool,
+        address=address,
         grace_seconds=grace_period,
     )
     from corral.agent.agent import run_agent  # here, not at the top: see the module docstring

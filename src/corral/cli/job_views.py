@@ -41,10 +41,31 @@ JOB_COLUMNS = (
 
 
 def gpus_cell(job: JobOut) -> str:
-    """``2`` while waiting, ``2 (0,1)`` once devices are bound."""
+    """What the job asks for, then (once bound) which GPUs it got.
+
+    ``2`` / ``2 (0,1)``; ``0.5 (3)``: half of GPU 3; ``20GiB (3)``: 20 GiB of GPU 3;
+    ``mig 1g.10gb (0)``: one MIG instance of GPU 0; ``4x8``: a gang of 4 workers of 8
+    GPUs each (`corral get` lists where each worker runs).
+    """
+    if job.mig_profile is not None:
+        asked = f"mig {job.mig_profile}"
+    elif job.gpu_memory_bytes is not None:
+        asked = format_bytes(job.gpu_memory_bytes).replace(" ", "")
+    else:
+        asked = number(job.gpus)
+    if job.workers > 1:
+        return f"{job.workers}x{asked}"
     if job.gpu_ids:
-        return f"{number(job.gpus)} ({','.join(str(i) for i in job.gpu_ids)})"
-    return number(job.gpus)
+        return f"{asked} ({','.join(str(i) for i in job.gpu_ids)})"
+    return asked
+
+
+def node_cell(job: JobOut) -> str:
+    """The node, or for a gang its first worker's node and how many more it spans."""
+    if job.node is None:
+        return "-"
+    others = {w.node for w in job.worker_list if w.node and w.node != job.node}
+    return f"{job.node} +{len(others)}" if others else job.node
 
 
 def job_row(job: JobOut, now: datetime) -> list[str]:
@@ -55,7 +76,7 @@ def job_row(job: JobOut, now: datetime) -> list[str]:
         job.user,
         job.kind.value,
         job.state.value + (" (deleted)" if job.deleted else ""),
-        job.node or "-",
+        node_cell(job),
         gpus_cell(job),
         age(job.created_at, now),
         reason,
@@ -86,8 +107,8 @@ def print_job(job: JobDetail, now: datetime) -> None:
         ("Kind", job.kind.value),
         ("State", job.state.value + (" (deleted)" if job.deleted else "")),
         ("Reason", job.reason or "-"),
-        ("Node", job.node or "-"),
-        ("GPUs", gpus if job.gpu_ids else f"{gpus} (not bound yet)" if job.gpus else "0"),
+        ("Node", node_cell(job)),
+        ("GPUs", gpus if job.node or gpus == "0" else f"{gpus} (not bound yet)"),
         ("GPU UUIDs", "\n".join(job.gpu_uuids) or "-"),
         ("CPUs", number(job.cpus)),
         ("Memory", format_bytes(job.memory_bytes)),
@@ -104,6 +125,23 @@ def print_job(job: JobDetail, now: datetime) -> None:
         ("Grace period", format_duration(job.grace_seconds)),
     ]
     print_fields(fields)
+    if job.worker_list:
+        click.echo()
+        click.echo("Workers:")
+        print_table(
+            ("RANK", "NODE", "GPUS", "STATE", "PID", "EXIT CODE"),
+            [
+                [
+                    str(w.rank),
+                    w.node or "-",
+                    ",".join(map(str, w.gpu_ids)) or "-",
+                    w.state,
+                    "-" if w.pid is None else str(w.pid),
+                    "-" if w.exit_code is None else str(w.exit_code),
+                ]
+                for w in job.worker_list
+            ],
+        )
     click.echo()
     if not job.events:
         click.echo("Events: -")

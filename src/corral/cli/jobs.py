@@ -34,6 +34,9 @@ _SUBMIT_FIELD_OPTIONS = {
     "name": "NAME",
     "project": "--project",
     "gpus": "--gpus",
+    "gpu_memory_bytes": "--gpu-memory",
+    "mig_profile": "--mig",
+    "workers": "--workers",
     "cpus": "--cpus",
     "memory_bytes": "--memory",
     "command": "COMMAND",
@@ -82,13 +85,43 @@ Examples:
   corral submit train-1 -p team-a -g 2 -- python train.py --epochs 10
   corral submit prep -c 8 --memory 32GiB -e DATA=/scratch/d -- ./prepare.sh
   corral submit notebook --interactive -g 1 -- jupyter lab --no-browser
+  corral submit small -g 0.5 -- python eval.py          # half of one shared GPU
+  corral submit infer --gpu-memory 20GiB -- ./serve.sh   # 20 GiB of one shared GPU
+  corral submit tiny --mig 1g.10gb -- python test.py     # one MIG instance
+  corral submit big -g 8 --workers 4 -- sh -c 'torchrun --nnodes $CORRAL_WORLD_SIZE \\
+      --node-rank $CORRAL_WORKER_RANK --nproc-per-node 8 \\
+      --master-addr $MASTER_ADDR --master-port $MASTER_PORT train.py'
 """,
 )
 @click.argument("name", type=JOB_NAME)
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @project_option("Project to run in (default: the current project, else 'default').")
 @click.option(
-    "-g", "--gpus", type=click.IntRange(min=0), default=0, show_default=True, help="Whole GPUs."
+    "-g",
+    "--gpus",
+    type=click.FloatRange(min=0),
+    default=0,
+    show_default=True,
+    help="GPUs per worker: whole (1, 2, 8), or a fraction below 1 of one shared GPU (0.5).",
+)
+@click.option(
+    "--gpu-memory",
+    type=MEMORY,
+    help="Instead of --gpus: this much memory of one shared GPU, e.g. 20GiB.",
+)
+@click.option(
+    "--mig",
+    "mig_profile",
+    metavar="PROFILE",
+    help="Instead of --gpus: one MIG instance of this profile, e.g. 1g.10gb.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Gang size: this many workers, each with --gpus whole GPUs, all started together "
+    "or none. Each gets CORRAL_WORKER_RANK, CORRAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT.",
 )
 @click.option(
     "-c", "--cpus", type=click.FloatRange(min=0, min_open=True), help="CPU cores (e.g. 4, 0.5)."
@@ -130,7 +163,10 @@ def submit(
     name: str,
     command: tuple[str, ...],
     project: str | None,
-    gpus: int,
+    gpus: float,
+    gpu_memory: int | None,
+    mig_profile: str | None,
+    workers: int,
     cpus: float | None,
     memory: int | None,
     env: tuple[tuple[str, str], ...],
@@ -161,6 +197,9 @@ def submit(
             project=project or state.default_project,
             kind=JobKind.INTERACTIVE if interactive else JobKind(kind or JobKind.TRAIN),
             gpus=gpus,
+            gpu_memory_bytes=gpu_memory,
+            mig_profile=mig_profile,
+            workers=workers,
             cpus=cpus,
             memory_bytes=memory,
             command=list(command),
@@ -173,10 +212,12 @@ def submit(
     except ValidationError as exc:
         # The same checks the server makes, run here so a mistake costs no round trip.
         first = exc.errors()[0]
+        message = first["msg"].removeprefix("Value error, ")
         field = str(first["loc"][0]) if first["loc"] else ""
+        if not field and ": " in message:  # a check across fields names the one it blames
+            field, message = message.split(": ", 1)
         raise click.BadParameter(
-            first["msg"].removeprefix("Value error, "),
-            param_hint=_SUBMIT_FIELD_OPTIONS.get(field, field or None),
+            message, param_hint=_SUBMIT_FIELD_OPTIONS.get(field, field or None)
         ) from exc
     with state.client() as api:
         data = api.post("/jobs", request.model_dump(mode="json", exclude_none=True))
@@ -296,19 +337,30 @@ def get(state: CliState, name: str, project: str | None, output: str) -> None:
 @click.argument("name", type=JOB_NAME)
 @project_option(_RESOLVE_HELP)
 @click.option("-f", "--follow", is_flag=True, help="Keep streaming new output until the job ends.")
+@click.option(
+    "--rank",
+    type=click.IntRange(min=0),
+    metavar="N",
+    default=0,
+    show_default=True,
+    help="Which worker of a gang (a job with --workers) to show, 0 being the first.",
+)
 @pass_state
-def logs(state: CliState, name: str, project: str | None, follow: bool) -> None:
+def logs(state: CliState, name: str, project: str | None, follow: bool, rank: int) -> None:
     """Print a job's output (stdout and stderr).
+
+    Each worker of a gang has its own output; --rank picks one.
 
     \b
     Examples:
       corral logs train-1
       corral logs -f train-1 -p team-a     # Ctrl-C stops following, not the job
+      corral logs big --rank 3             # the output of worker 3 of gang big
     """
     out = sys.stdout.buffer
     with state.client() as api:
         project = resolve_project(state, api, name, project)
-        params = {"follow": "true" if follow else "false"}
+        params = {"follow": "true" if follow else "false", "rank": str(rank)}
         try:
             with api.stream(f"/jobs/{project}/{name}/logs", params=params) as chunks:
                 for chunk in chunks:

@@ -5,8 +5,8 @@ They are kept apart from the ORM models (`corral.store.models`) on purpose: the
 database can change shape without changing what clients see, and the other way round.
 
 Units are part of the field names where they are not obvious: ``*_bytes`` are bytes,
-``*_seconds`` are seconds, ``gpus`` counts whole GPUs (the scheduler handles fractions in
-`corral sim`; nodes do not run fractional jobs yet).
+``*_seconds`` are seconds, ``gpus`` counts GPUs per worker (whole, or a fraction below 1
+of one shared GPU).
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from corral.core.states import JobKind, JobState, NodeState, Role
 # Bounds that keep one request from exhausting the server or an agent. A job that is
 # refused by these gets a message naming the field and the bound.
 MAX_GPUS_PER_JOB = 1024
+MAX_WORKERS = 256  # workers of one gang
+MIG_PROFILE_RE = r"^[1-8]g\.\d+gb(\+me)?$"
 MAX_CPUS_PER_JOB = 4096
 MAX_MEMORY_BYTES = 64 * 1024**4  # 64 TiB
 MAX_COMMAND_ARGS = 4096
@@ -200,12 +202,30 @@ class QueueOut(BaseModel):
 
 
 class JobSubmit(_Strict):
-    """What a user asks to run. See `corral submit --help` for the CLI side."""
+    """What a user asks to run. See `corral submit --help` for the CLI side.
+
+    Per worker a job asks for at most one of: whole ``gpus``, a fraction ``gpus`` < 1 of
+    one shared GPU, ``gpu_memory_bytes`` of one shared GPU, or one MIG instance of
+    ``mig_profile``. ``workers`` > 1 makes a gang (whole GPUs only): all workers start
+    together or none.
+    """
 
     name: Name
     project: Name = "default"
     kind: JobKind = JobKind.TRAIN
-    gpus: float = Field(default=0, ge=0, le=MAX_GPUS_PER_JOB, description="Whole GPUs.")
+    gpus: float = Field(
+        default=0,
+        ge=0,
+        le=MAX_GPUS_PER_JOB,
+        description="GPUs per worker: whole, or a fraction below 1 of one shared GPU.",
+    )
+    gpu_memory_bytes: int | None = Field(
+        default=None, gt=0, le=MAX_MEMORY_BYTES, description="GPU memory of one shared GPU."
+    )
+    mig_profile: str | None = Field(
+        default=None, pattern=MIG_PROFILE_RE, description="One MIG instance, e.g. 1g.10gb."
+    )
+    workers: int = Field(default=1, ge=1, le=MAX_WORKERS, description="Gang size.")
     cpus: float | None = Field(default=None, gt=0, le=MAX_CPUS_PER_JOB)
     memory_bytes: int | None = Field(default=None, gt=0, le=MAX_MEMORY_BYTES)
     command: list[str] = Field(min_length=1, max_length=MAX_COMMAND_ARGS)
@@ -222,13 +242,42 @@ class JobSubmit(_Strict):
 
     @field_validator("gpus")
     @classmethod
-    def _whole_gpus(cls, v: float) -> float:
-        if v != int(v):
+    def _gpus(cls, v: float) -> float:
+        if v >= 1 and v != int(v):
             raise ValueError(
-                "must be a whole number of GPUs for now: the scheduler can share GPUs "
-                "(try it with `corral sim`), but nodes do not run fractional jobs yet"
+                f"{v:g} GPUs: a job gets whole GPUs, or a fraction below 1 of one shared GPU"
             )
+        if 0 < v < 0.01:
+            raise ValueError(f"{v:g} GPUs: the smallest fraction of a GPU is 0.01")
         return v
+
+    @model_validator(mode="after")
+    def _one_device_shape(self) -> JobSubmit:
+        given = [
+            name
+            for name, present in (
+                ("gpus", self.gpus > 0),
+                ("gpu_memory_bytes", self.gpu_memory_bytes is not None),
+                ("mig_profile", self.mig_profile is not None),
+            )
+            if present
+        ]
+        if len(given) > 1:
+            raise ValueError(
+                f"{given[1]}: give only one of gpus, gpu_memory_bytes and mig_profile "
+                f"({given[0]} is given too)"
+            )
+        if self.workers > 1 and (self.is_shared or self.mig_profile is not None):
+            raise ValueError(
+                "workers: a gang's workers get whole GPUs; fractions, GPU memory and MIG "
+                "instances are for one-worker jobs"
+            )
+        return self
+
+    @property
+    def is_shared(self) -> bool:
+        """Whether the job runs on part of a shared GPU (a fraction or an amount of memory)."""
+        return 0 < self.gpus < 1 or self.gpu_memory_bytes is not None
 
     @field_validator("command")
     @classmethod
@@ -270,8 +319,21 @@ class JobEventOut(BaseModel):
     actor: str | None = None
 
 
+class WorkerOut(BaseModel):
+    """One worker of a gang (jobs with ``workers`` > 1)."""
+
+    rank: int
+    node: str | None
+    gpu_ids: list[int]
+    state: str
+    pid: int | None
+    exit_code: int | None
+
+
 class JobOut(BaseModel):
-    """A job as clients see it. ``gpus`` is what was asked; ``gpu_ids`` what was given."""
+    """A job as clients see it. ``gpus`` is what was asked (per worker); ``gpu_ids`` what
+    the first worker was given (a MIG job: the parent GPU, its instance in ``gpu_uuids``).
+    """
 
     id: int
     name: str
@@ -281,8 +343,12 @@ class JobOut(BaseModel):
     state: JobState
     node: str | None
     gpus: float
+    gpu_memory_bytes: int | None = None
+    mig_profile: str | None = None
+    workers: int = 1
     gpu_ids: list[int]
     gpu_uuids: list[str]
+    worker_list: list[WorkerOut] = Field(default_factory=list)
     cpus: float | None
     memory_bytes: int | None
     command: list[str]
@@ -319,7 +385,7 @@ class MigInstance(BaseModel):
     """
 
     uuid: str = Field(min_length=1, max_length=128)
-    profile: str = Field(pattern=r"^[1-8]g\.\d+gb(\+me)?$")
+    profile: str = Field(pattern=MIG_PROFILE_RE)
     gpu_instance_id: int = Field(ge=0)
     compute_instance_id: int = Field(ge=0)
     compute_slices: int = Field(ge=1, le=8)
@@ -346,6 +412,13 @@ class NodeInventory(_Strict):
 
     name: NodeName
     hostname: str = Field(max_length=253)
+    address: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=r"^[A-Za-z0-9.:_-]+$",
+        description="Where other nodes reach this one (a gang's MASTER_ADDR when its first "
+        "worker runs here); default: the hostname.",
+    )
     cpu_cores: int = Field(ge=1, le=65536)
     memory_bytes: int = Field(ge=0)
     gpus: list[GpuInfo] = Field(default_factory=list, max_length=1024)
@@ -375,6 +448,7 @@ class NodeOut(BaseModel):
     state: NodeState
     pool: str
     hostname: str
+    address: str | None = None
     cpu_cores: int
     memory_bytes: int
     gpus: int
@@ -405,10 +479,13 @@ class RegisterResponse(BaseModel):
 
 
 class Assignment(BaseModel):
-    """One job the server wants a node to run (or, with ``stop``, to stop).
+    """One job (one worker of a gang) the server wants a node to run, or to stop.
 
     ``attempt`` fences stale bindings: an agent never starts a job with an attempt
-    lower than one it has already seen for the same job.
+    lower than one it has already seen for the same job. A gang's workers are
+    assignments of the same job with ranks 0..world_size-1, several possibly on one node.
+    ``gpu_uuids`` are what the job may see: GPU UUIDs, or the ``MIG-…`` UUID of its MIG
+    instance. ``gpu_memory_bytes`` is set for a job on part of a shared GPU: its share.
     """
 
     job_id: int
@@ -428,6 +505,12 @@ class Assignment(BaseModel):
     memory_bytes: int | None
     grace_seconds: float
     stop: bool
+    rank: int = 0
+    world_size: int = 1
+    master_addr: str | None = None
+    master_port: int | None = None
+    gpu_fraction: float | None = None
+    gpu_memory_bytes: int | None = None
     after: list[int] = Field(
         default_factory=list,
         description="Jobs on this node that must be gone before this one starts: the "
@@ -445,6 +528,7 @@ class JobReport(_Strict):
 
     job_id: int
     attempt: int = Field(ge=1)
+    rank: int = Field(default=0, ge=0, lt=MAX_WORKERS)
     state: Literal["starting", "running", "exited", "failed"]
     exit_code: int | None = None
     pid: int | None = None

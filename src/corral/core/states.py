@@ -94,7 +94,10 @@ _JOB_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.RUNNING: frozenset(
         {JobState.STOPPING, JobState.SUCCEEDED, JobState.FAILED, JobState.LOST, JobState.PREEMPTED}
     ),
-    JobState.STOPPING: frozenset({JobState.STOPPED, JobState.LOST, JobState.PREEMPTED}),
+    # STOPPING → FAILED: a gang whose worker failed stops its other workers first.
+    JobState.STOPPING: frozenset(
+        {JobState.STOPPED, JobState.FAILED, JobState.LOST, JobState.PREEMPTED}
+    ),
     JobState.PREEMPTED: frozenset({JobState.PENDING, JobState.STOPPED}),
     JobState.SUCCEEDED: frozenset(),
     JobState.FAILED: frozenset(),

@@ -1,7 +1,9 @@
 """ORM models. Rows only: no behaviour, no hooks (control flow lives in services).
 
 Invariants the database itself enforces, so no bug above it can break them:
-- a GPU is held by at most one job (`GpuAllocation` primary key = node + GPU index);
+- a GPU is either held whole by one job or shared (`GpuAllocation` primary key = node +
+  GPU index; a shared GPU's row has no job, its holders are `GpuShare` rows);
+- a MIG instance is held by at most one job (`GpuShare` unique node + MIG UUID);
 - a job name is unique inside a project among jobs that are not deleted (partial index);
 - names of users, projects and nodes are unique.
 """
@@ -134,6 +136,8 @@ class Node(Base):
     state: Mapped[str] = mapped_column(String(16))
     reason: Mapped[str | None] = mapped_column(Text)
     hostname: Mapped[str] = mapped_column(String(253))
+    # Where other nodes reach this one (None: the hostname).
+    address: Mapped[str | None] = mapped_column(String(253))
     cpu_cores: Mapped[int]
     memory_bytes: Mapped[int] = mapped_column(BigInteger)
     driver_version: Mapped[str | None] = mapped_column(String(64))
@@ -167,6 +171,23 @@ class Gpu(Base):
     simulated: Mapped[bool] = mapped_column(Boolean)
 
 
+class MigInstance(Base):
+    """One MIG instance of a node's GPU, as the agent discovered it."""
+
+    __tablename__ = "mig_instances"
+    __table_args__ = (UniqueConstraint("node_id", "uuid"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"))
+    gpu_index: Mapped[int]
+    uuid: Mapped[str] = mapped_column(String(128))
+    profile: Mapped[str] = mapped_column(String(32))
+    gpu_instance_id: Mapped[int]
+    compute_instance_id: Mapped[int]
+    compute_slices: Mapped[int]
+    memory_bytes: Mapped[int] = mapped_column(BigInteger)
+
+
 class Job(Base):
     """A unit of work. ``id`` order is submission order; ``attempt`` grows with each binding."""
 
@@ -191,7 +212,10 @@ class Job(Base):
     kind: Mapped[str] = mapped_column(String(16))
     state: Mapped[str] = mapped_column(String(16))
     reason: Mapped[str | None] = mapped_column(Text)
-    gpus: Mapped[float] = mapped_column(Float)
+    gpus: Mapped[float] = mapped_column(Float)  # per worker; < 1 = a share of one GPU
+    gpu_memory_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    mig_profile: Mapped[str | None] = mapped_column(String(32))
+    workers: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     cpus: Mapped[float | None] = mapped_column(Float)
     memory_bytes: Mapped[int | None] = mapped_column(BigInteger)
     command: Mapped[list[Any]]
@@ -215,15 +239,30 @@ class Job(Base):
     # Why the job was last preempted ("preempted by d-1 of team-d: reclaim: …"), shown
     # with its reason while it waits to restart.
     preempted_note: Mapped[str | None] = mapped_column(Text)
+    # Where the current attempt runs, beyond node_id/gpu_ids (= worker 0's): the MIG
+    # instance of a MIG job, and the rendezvous port of a gang (on worker 0's node).
+    mig_uuid: Mapped[str | None] = mapped_column(String(128))
+    master_port: Mapped[int | None]
+    # The rank of the gang worker whose failure is stopping the others (the job then
+    # ends failed, not stopped).
+    failed_worker: Mapped[int | None]
 
     project: Mapped[Project] = relationship(lazy="joined")
     user: Mapped[User] = relationship(lazy="joined")
     node: Mapped[Node | None] = relationship(lazy="joined")
     preempted_by: Mapped[Job | None] = relationship(remote_side=[id], lazy="select")
+    # A gang's workers (empty for one-worker jobs); loaded only when asked for.
+    worker_rows: Mapped[list[JobWorker]] = relationship(
+        order_by="JobWorker.rank", lazy="select", viewonly=True
+    )
 
 
 class GpuAllocation(Base):
-    """Which job holds which GPU. The primary key makes double allocation impossible."""
+    """Which job holds which GPU whole, or that the GPU is shared (``job_id`` None).
+
+    The primary key makes double allocation impossible, and a GPU shared by fractional,
+    memory or MIG jobs can not also be handed out whole (nor the other way round).
+    """
 
     __tablename__ = "gpu_allocations"
 
@@ -231,7 +270,51 @@ class GpuAllocation(Base):
         ForeignKey("nodes.id", ondelete="CASCADE"), primary_key=True
     )
     gpu_index: Mapped[int] = mapped_column(Integer, primary_key=True)
-    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    job_id: Mapped[int | None] = mapped_column(
+        ForeignKey("jobs.id", ondelete="CASCADE"), index=True
+    )
+
+
+class GpuShare(Base):
+    """A job's part of a shared GPU: ``memory_bytes`` of it, or one MIG instance of it.
+
+    One row per job (shared jobs have one worker). The GPU's `GpuAllocation` row (with
+    no job) exists while it has shares; the unique (node, MIG UUID) makes a MIG
+    instance have one holder (NULLs, for non-MIG shares, never collide).
+    """
+
+    __tablename__ = "gpu_shares"
+    __table_args__ = (
+        UniqueConstraint("node_id", "mig_uuid"),
+        Index("ix_gpu_shares_gpu", "node_id", "gpu_index"),
+    )
+
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"))
+    gpu_index: Mapped[int]
+    memory_bytes: Mapped[int] = mapped_column(BigInteger)
+    mig_uuid: Mapped[str | None] = mapped_column(String(128))
+
+
+class JobWorker(Base):
+    """One worker of a gang (jobs with ``workers`` > 1) in its current attempt.
+
+    Rank 0's placement is also the job's own ``node_id``/``gpu_ids``. The rows are
+    replaced at each binding and kept after the job ends (what each worker did).
+    """
+
+    __tablename__ = "job_workers"
+    __table_args__ = (Index("ix_job_workers_node", "node_id"),)
+
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    rank: Mapped[int] = mapped_column(Integer, primary_key=True)
+    node_id: Mapped[int | None] = mapped_column(ForeignKey("nodes.id", ondelete="SET NULL"))
+    gpu_ids: Mapped[list[Any]]
+    state: Mapped[str] = mapped_column(String(16))  # bound starting running exited failed
+    pid: Mapped[int | None]
+    exit_code: Mapped[int | None]
+
+    node: Mapped[Node | None] = relationship(lazy="joined")
 
 
 class JobEvent(Base):

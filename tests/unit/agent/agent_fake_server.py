@@ -3,7 +3,8 @@
 It speaks the agent protocol of `corral.core.schemas` the way the real server does:
 register with a join token (or the node's own token), long-polled ``/agent/sync``
 answering at once when it has a newer generation or when reports came, and log PUTs
-that store only bytes at or past what they hold. Tests change the desired state with
+(one log per job, attempt and worker rank) that store only bytes at or past what they
+hold. Tests change the desired state with
 `set_assignments`, switch the server off with ``down``, and read back everything the
 agent sent.
 """
@@ -23,6 +24,8 @@ from corral.core.states import JobState
 
 _LOG_PATH = re.compile(r"/api/v1/agent/jobs/(\d+)/attempts/(\d+)/log")
 
+Key = tuple[int, int, int]  # job_id, attempt, rank
+
 
 def _error(status: int, code: str, message: str) -> httpx.Response:
     return httpx.Response(status, json={"error": {"code": code, "message": message}})
@@ -41,11 +44,11 @@ class FakeServer:
         self.sync_wait_seconds = sync_wait_seconds
         self.cond = threading.Condition()
         self.generation = 0
-        self.assignments: dict[tuple[int, int], Assignment] = {}
+        self.assignments: dict[Key, Assignment] = {}
         self.registrations: list[NodeInventory] = []
         self.reports: list[JobReport] = []
-        self.logs: dict[tuple[int, int], bytearray] = {}
-        self.log_puts: list[tuple[tuple[int, int], int, int]] = []  # key, offset, length
+        self.logs: dict[Key, bytearray] = {}
+        self.log_puts: list[tuple[Key, int, int]] = []  # key, offset, length
         self.sync_tokens: list[str] = []
         self.stale_answers: list[dict[str, Any]] = []
         self.stale_delivered = threading.Event()
@@ -60,7 +63,7 @@ class FakeServer:
     def set_assignments(self, *assignments: Assignment, generation: int | None = None) -> None:
         """Replace the desired state and bump the generation (or set it)."""
         with self.cond:
-            self.assignments = {(a.job_id, a.attempt): a for a in assignments}
+            self.assignments = {(a.job_id, a.attempt, a.rank): a for a in assignments}
             self.generation = generation if generation is not None else self.generation + 1
             self.cond.notify_all()
 
@@ -80,17 +83,21 @@ class FakeServer:
             self.closed = True
             self.cond.notify_all()
 
-    def reports_for(self, job_id: int, attempt: int = 1) -> list[JobReport]:
+    def reports_for(self, job_id: int, attempt: int = 1, rank: int = 0) -> list[JobReport]:
         with self.cond:
-            return [r for r in self.reports if (r.job_id, r.attempt) == (job_id, attempt)]
+            return [
+                r for r in self.reports if (r.job_id, r.attempt, r.rank) == (job_id, attempt, rank)
+            ]
 
-    def final_report(self, job_id: int, attempt: int = 1) -> JobReport | None:
-        finals = [r for r in self.reports_for(job_id, attempt) if r.state in ("exited", "failed")]
+    def final_report(self, job_id: int, attempt: int = 1, rank: int = 0) -> JobReport | None:
+        finals = [
+            r for r in self.reports_for(job_id, attempt, rank) if r.state in ("exited", "failed")
+        ]
         return finals[0] if finals else None
 
-    def log_of(self, job_id: int, attempt: int = 1) -> bytes:
+    def log_of(self, job_id: int, attempt: int = 1, rank: int = 0) -> bytes:
         with self.cond:
-            return bytes(self.logs.get((job_id, attempt), b""))
+            return bytes(self.logs.get((job_id, attempt, rank), b""))
 
     # ----------------------------------------------------------- the protocol
 
@@ -119,7 +126,8 @@ class FakeServer:
             return self._sync(SyncRequest.model_validate_json(request.content), token)
         match = _LOG_PATH.fullmatch(path)
         if match and request.method == "PUT":
-            key = (int(match.group(1)), int(match.group(2)))
+            rank = int(request.url.params.get("rank", "0"))
+            key = (int(match.group(1)), int(match.group(2)), rank)
             return self._log(key, int(request.url.params["offset"]), request.content)
         return _error(404, "not_found", f"no route {request.method} {path}")
 
@@ -150,7 +158,7 @@ class FakeServer:
     def _apply(self, report: JobReport) -> None:
         # Like the real server: a final report takes the job out of the desired state.
         self.reports.append(report)
-        key = (report.job_id, report.attempt)
+        key = (report.job_id, report.attempt, report.rank)
         current = self.assignments.get(key)
         if current is None:
             return
@@ -160,7 +168,7 @@ class FakeServer:
         elif report.state in ("starting", "running") and not current.stop:
             self.assignments[key] = current.model_copy(update={"state": JobState(report.state)})
 
-    def _log(self, key: tuple[int, int], offset: int, chunk: bytes) -> httpx.Response:
+    def _log(self, key: Key, offset: int, chunk: bytes) -> httpx.Response:
         with self.cond:
             self.log_puts.append((key, offset, len(chunk)))
             stored = self.logs.setdefault(key, bytearray())

@@ -20,7 +20,7 @@ from corral.agent.agent import Agent, run_agent
 from corral.agent.config import AgentConfig
 from corral.agent.gpus import SimulatedBackend
 from corral.agent.retry import Backoff
-from corral.core.schemas import JobReport
+from corral.core.schemas import Assignment, JobReport
 from corral.core.states import JobState
 
 AS_ROOT = os.geteuid() == 0
@@ -86,20 +86,24 @@ def output(agent: Agent) -> str:
     return out.getvalue()
 
 
-def states(server: FakeServer, job_id: int, attempt: int = 1) -> list[str]:
-    return [r.state for r in server.reports_for(job_id, attempt)]
+def states(server: FakeServer, job_id: int, attempt: int = 1, rank: int = 0) -> list[str]:
+    return [r.state for r in server.reports_for(job_id, attempt, rank)]
 
 
-def final(server: FakeServer, job_id: int, attempt: int = 1, timeout: float = 10) -> JobReport:
-    return wait_for(lambda: server.final_report(job_id, attempt), f"job {job_id}'s end", timeout)
+def final(
+    server: FakeServer, job_id: int, attempt: int = 1, timeout: float = 10, rank: int = 0
+) -> JobReport:
+    return wait_for(
+        lambda: server.final_report(job_id, attempt, rank), f"job {job_id}'s end", timeout
+    )
 
 
-def running(server: FakeServer, job_id: int, attempt: int = 1) -> JobReport:
+def running(server: FakeServer, job_id: int, attempt: int = 1, rank: int = 0) -> JobReport:
     return wait_for(
         lambda: next(
-            (r for r in server.reports_for(job_id, attempt) if r.state == "running"), None
+            (r for r in server.reports_for(job_id, attempt, rank) if r.state == "running"), None
         ),
-        f"job {job_id} to run",
+        f"job {job_id} rank {rank} to run",
     )
 
 
@@ -184,7 +188,7 @@ def test_logs_are_shipped_with_running_offsets(server: FakeServer, make_agent: M
     final(server, 2)
     expected = b"".join(b"line %d\n" % i for i in range(1, 7))
     assert server.log_of(2) == expected
-    puts = [(offset, n) for key, offset, n in server.log_puts if key == (2, 1)]
+    puts = [(offset, n) for key, offset, n in server.log_puts if key == (2, 1, 0)]
     assert len(puts) > 1, "output is shipped while the job runs, not only at its end"
     position = 0
     for offset, n in puts:
@@ -435,3 +439,119 @@ def test_a_preempting_job_starts_only_after_its_victim_is_gone(
         r.at for r in server.reports_for(21) if r.state == "running" and r.at is not None
     )
     assert newcomer_start >= victim_end
+
+
+# ------------------------------------------------------------------ gangs
+
+
+def gang_worker(job_id: int, rank: int, command: list[str], **overrides: object) -> Assignment:
+    """Worker ``rank`` of a gang of 3 whose rank 0 runs on this node (gpu-1)."""
+    fields: dict[str, object] = {
+        "name": "gang",
+        "rank": rank,
+        "world_size": 3,
+        "master_addr": "gpu-1",
+        "master_port": 29500,
+        "gpu_ids": [rank],
+    }
+    fields.update(overrides)
+    return assignment(job_id, command, **fields)
+
+
+def test_two_workers_of_a_gang_on_one_node_are_supervised_separately(
+    server: FakeServer, make_agent: MakeAgent, state_dir: Path
+) -> None:
+    agent = make_agent()
+    # Each worker waits for the other, so both must run at the same time.
+    script = (
+        'echo "rank $CORRAL_WORKER_RANK of $CORRAL_WORLD_SIZE via $MASTER_ADDR:$MASTER_PORT '
+        'gpus $CUDA_VISIBLE_DEVICES"; : > "$BARRIER/$CORRAL_WORKER_RANK"; '
+        'while [ ! -e "$BARRIER/0" ] || [ ! -e "$BARRIER/1" ]; do sleep 0.02; done; '
+        "exit $((10 + CORRAL_WORKER_RANK))"
+    )
+    barrier = state_dir.parent / "barrier"
+    barrier.mkdir()
+    env = {"BARRIER": str(barrier)}
+    server.set_assignments(
+        gang_worker(30, 0, ["sh", "-c", script], env=env),
+        gang_worker(30, 1, ["sh", "-c", script], env=env),
+    )
+    first, second = final(server, 30, rank=0), final(server, 30, rank=1)
+    assert (first.state, first.rank, first.exit_code) == ("exited", 0, 10)
+    assert (second.state, second.rank, second.exit_code) == ("exited", 1, 11)
+    assert states(server, 30, rank=0) == ["starting", "running", "exited"]
+    assert states(server, 30, rank=1) == ["starting", "running", "exited"]
+    pids = {running(server, 30, rank=r).pid for r in (0, 1)}
+    assert len(pids) == 2 and None not in pids
+    assert server.log_of(30, rank=0) == b"rank 0 of 3 via gpu-1:29500 gpus 0\n"
+    assert server.log_of(30, rank=1) == b"rank 1 of 3 via gpu-1:29500 gpus 1\n"
+    assert server.reports_for(30, rank=2) == []  # rank 2 is another node's
+    # Rank 0 keeps the directory name of a job that is not a gang.
+    for directory in (state_dir / "jobs" / "30-1", state_dir / "jobs" / "30-1-r1"):
+        wait_for(lambda d=directory: jobdirs.is_reported(d), f"{directory.name} reported")
+    text = output(agent)
+    assert "job 30 (gang) attempt 1 rank 0 of 3: exited with code 10" in text
+    assert "job 30 (gang) attempt 1 rank 1 of 3: exited with code 11" in text
+
+
+def test_a_stop_of_a_gang_stops_every_worker_of_it_here(
+    server: FakeServer, make_agent: MakeAgent
+) -> None:
+    make_agent()
+    workers = [gang_worker(31, r, ["sleep", "300"], grace_seconds=30) for r in (0, 1)]
+    server.set_assignments(*workers)
+    running(server, 31, rank=0)
+    running(server, 31, rank=1)
+    # The stop comes with rank 0 only; rank 1's assignment has not caught up yet.
+    server.set_assignments(
+        workers[0].model_copy(update={"stop": True, "state": JobState.STOPPING}), workers[1]
+    )
+    for rank in (0, 1):
+        report = final(server, 31, rank=rank)
+        assert (report.state, report.exit_code) == ("exited", 143)
+
+
+def test_a_gang_worker_that_never_started_is_stopped_with_its_gang(
+    server: FakeServer, make_agent: MakeAgent
+) -> None:
+    make_agent()
+    # The stop comes with rank 0 only, before rank 1 was started here: rank 1 is not
+    # started at all, and says so.
+    server.set_assignments(
+        gang_worker(32, 0, ["sleep", "300"], stop=True, state="stopping"),
+        gang_worker(32, 1, ["true"]),
+    )
+    for rank in (0, 1):
+        report = final(server, 32, rank=rank)
+        assert (report.state, report.message) == ("exited", "stopped before it started")
+        assert states(server, 32, rank=rank) == ["exited"]
+
+
+def test_a_gang_worker_is_readopted_after_an_agent_restart(
+    server: FakeServer, make_agent: MakeAgent, state_dir: Path
+) -> None:
+    first = make_agent()
+    release = state_dir / "release"
+    script = (
+        f"echo one $CORRAL_WORKER_RANK; while [ ! -e {release} ]; do sleep 0.02; done; "
+        "echo two $CORRAL_WORKER_RANK; exit $((20 + CORRAL_WORKER_RANK))"
+    )
+    workers = [gang_worker(33, r, ["sh", "-c", script]) for r in (1, 2)]
+    server.set_assignments(*workers)
+    pids = {r: running(server, 33, rank=r).pid for r in (1, 2)}
+    left = first.shutdown()
+    assert sorted((h.rank, h.pid) for h in left) == sorted(pids.items())
+    assert f"job 33 attempt 1 rank 2 (pid {pids[2]})" in output(first)
+    assert sorted(p.name for p in (state_dir / "jobs").iterdir()) == ["33-1-r1", "33-1-r2"]
+
+    second = make_agent(join_token=None)
+    text = output(second)
+    for rank in (1, 2):
+        assert f"job 33 (gang) attempt 1 rank {rank} of 3: re-adopted" in text
+    release.touch()
+    for rank in (1, 2):
+        report = final(server, 33, rank=rank)
+        assert (report.rank, report.exit_code) == (rank, 20 + rank)
+        assert states(server, 33, rank=rank).count("starting") == 1
+        assert server.log_of(33, rank=rank) == f"one {rank}\ntwo {rank}\n".encode()
+    assert server.reports_for(33, rank=0) == []

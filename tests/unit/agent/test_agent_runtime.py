@@ -17,7 +17,9 @@ import pytest
 from agent_testkit import assignment, kill_jobs, pid_gone, wait_for
 
 from corral.agent import jobdirs
+from corral.agent.jobdirs import JobKey
 from corral.agent.runtime.base import JobExit, JobHandle, StartError
+from corral.agent.runtime.env import job_environment
 from corral.agent.runtime.process import ProcessRuntime
 from corral.agent.usermap import JobAccount, UserMapper
 from corral.core.schemas import Assignment
@@ -105,19 +107,83 @@ def test_no_gpus_hides_every_gpu(state_dir: Path) -> None:
     assert "CORRAL_GPUS_SIMULATED" not in env
 
 
+def environment(a: Assignment) -> dict[str, str]:
+    return job_environment(a, AS_ME, node_name="gpu-1", gpus_simulated=False, agent_env={})
+
+
+def test_a_job_that_is_not_a_gang_is_worker_0_of_1(state_dir: Path) -> None:
+    _, output = run(runtime(state_dir), assignment(1, ["env"], env={"MASTER_ADDR": "mine"}))
+    env = dict(line.split("=", 1) for line in output.splitlines())
+    assert (env["CORRAL_WORKER_RANK"], env["CORRAL_WORLD_SIZE"]) == ("0", "1")
+    assert env["MASTER_ADDR"] == "mine"  # no rendezvous of Corral's: the job's own stays
+    assert "MASTER_PORT" not in env
+    assert "CORRAL_GPU_FRACTION" not in env and "CORRAL_GPU_MEMORY_BYTES" not in env
+
+
+def test_gang_worker_environment(state_dir: Path) -> None:
+    a = assignment(
+        7,
+        ["env"],
+        rank=2,
+        world_size=4,
+        master_addr="gpu-7.example.org",
+        master_port=29513,
+        env={"MASTER_ADDR": "forged", "MASTER_PORT": "1", "LR": "0.1"},
+        gpu_ids=[4, 5],
+        gpu_uuids=["GPU-e", "GPU-f"],
+    )
+    result, output = run(runtime(state_dir), a)
+    env = dict(line.split("=", 1) for line in output.splitlines())
+    assert result == JobExit(0)
+    assert (env["CORRAL_WORKER_RANK"], env["CORRAL_WORLD_SIZE"]) == ("2", "4")
+    assert (env["MASTER_ADDR"], env["MASTER_PORT"]) == ("gpu-7.example.org", "29513")
+    assert env["LR"] == "0.1"
+    assert env["CUDA_VISIBLE_DEVICES"] == "4,5"
+
+
+def test_a_mig_job_sees_its_instance_by_uuid() -> None:
+    mig = "MIG-4f7c2a9e-1d2b-5c3e-8f4a-0b1c2d3e4f5a"
+    env = environment(assignment(1, gpu_ids=[3], gpu_uuids=[mig], gpu_memory_bytes=10 << 30))
+    assert env["CUDA_VISIBLE_DEVICES"] == mig  # not "3": that would be the whole GPU
+    assert env["NVIDIA_VISIBLE_DEVICES"] == mig
+    assert env["CORRAL_GPU_UUIDS"] == mig
+    assert env["CORRAL_JOB_GPUS"] == "1"
+    assert env["CORRAL_GPU_MEMORY_BYTES"] == str(10 << 30)
+    assert "CORRAL_GPU_FRACTION" not in env
+
+
+def test_a_fractional_job_is_told_its_share() -> None:
+    env = environment(
+        assignment(
+            1,
+            gpu_ids=[2],
+            gpu_uuids=["GPU-ccc"],
+            gpu_fraction=0.25,
+            gpu_memory_bytes=20 * 1024**3,
+        )
+    )
+    assert env["CUDA_VISIBLE_DEVICES"] == "2"
+    assert env["NVIDIA_VISIBLE_DEVICES"] == "GPU-ccc"
+    assert env["CORRAL_GPU_FRACTION"] == "0.25"
+    assert env["CORRAL_GPU_MEMORY_BYTES"] == "21474836480"
+    half = environment(assignment(1, gpu_ids=[0], gpu_uuids=["GPU-a"], gpu_fraction=0.5))
+    assert half["CORRAL_GPU_FRACTION"] == "0.5"
+    assert "CORRAL_GPU_MEMORY_BYTES" not in half
+
+
 def test_working_directory(state_dir: Path, tmp_path: Path) -> None:
     rt = runtime(state_dir)
     _, output = run(rt, assignment(1, ["pwd"], workdir=str(tmp_path)))
     assert output == f"{tmp_path}\n"
     _, output = run(rt, assignment(2, ["pwd"]))
-    assert output == f"{jobdirs.job_dir(state_dir, (2, 1))}\n"
+    assert output == f"{jobdirs.job_dir(state_dir, JobKey(2, 1))}\n"
 
 
 def test_missing_working_directory_fails_the_start(state_dir: Path) -> None:
     with pytest.raises(StartError) as err:
         runtime(state_dir).start(assignment(1, workdir="/no/such/dir"), AS_ME)
     assert str(err.value) == "working directory /no/such/dir does not exist on node gpu-1"
-    assert not jobdirs.job_dir(state_dir, (1, 1)).exists()
+    assert not jobdirs.job_dir(state_dir, JobKey(1, 1)).exists()
 
 
 @pytest.mark.parametrize(
@@ -296,6 +362,64 @@ def test_adopt_ignores_a_meta_file_the_agent_did_not_write(state_dir: Path) -> N
     meta.unlink()
     meta.symlink_to(state_dir / "elsewhere.json")
     assert runtime(state_dir).adopt(handle.job_dir) is None
+
+
+def test_job_directory_names() -> None:
+    assert jobdirs.dir_name(JobKey(12, 3)) == "12-3"  # as before gangs existed
+    assert jobdirs.dir_name(JobKey(12, 3, 1)) == "12-3-r1"
+    assert jobdirs.parse_key("12-3") == JobKey(12, 3, 0)
+    assert jobdirs.parse_key("12-3-r1") == JobKey(12, 3, 1)
+    assert jobdirs.parse_key("12-3-r15") == (12, 3, 15)
+    for odd in ("12-3-r0", "12-3-r01", "12-3-r", "12-3-1", "12-3-x1", "012-3", "12", "a-b",
+                "12-\u00b2", "12-3-r1.tmp", ""):  # fmt: skip
+        assert jobdirs.parse_key(odd) is None, odd
+
+
+def test_workers_of_one_job_get_their_own_directories(state_dir: Path) -> None:
+    rt = runtime(state_dir)
+    script = "echo worker $CORRAL_WORKER_RANK"
+    handles = [
+        rt.start(assignment(5, ["sh", "-c", script], rank=r, world_size=2), AS_ME) for r in (0, 1)
+    ]
+    assert [h.key for h in handles] == [(5, 1, 0), (5, 1, 1)]
+    assert [h.job_dir.name for h in handles] == ["5-1", "5-1-r1"]
+    assert sorted(rt.running(), key=lambda h: h.rank) == handles
+    for h in handles:
+        assert finish(rt, h) == JobExit(0)
+        assert (h.job_dir / jobdirs.OUTPUT).read_text() == f"worker {h.rank}\n"
+    assert [(k, p.name) for k, p in jobdirs.list_job_dirs(state_dir)] == [
+        ((5, 1, 0), "5-1"),
+        ((5, 1, 1), "5-1-r1"),
+    ]
+
+
+def test_adopt_a_gang_worker_after_restart(state_dir: Path) -> None:
+    first = runtime(state_dir)
+    release = state_dir / "release"
+    script = f"while [ ! -e {release} ]; do sleep 0.02; done; exit 6"
+    handle = first.start(assignment(3, ["sh", "-c", script], rank=2, world_size=3), AS_ME)
+    second = runtime(state_dir)
+    adopted = second.adopt(handle.job_dir)
+    assert adopted is not None and adopted.adopted
+    assert (adopted.key, adopted.world_size, adopted.pid) == ((3, 1, 2), 3, handle.pid)
+    assert second.poll(adopted) is None
+    release.touch()
+    assert finish(second, adopted) == JobExit(6)
+
+
+def test_adopt_a_job_started_before_gangs_existed(state_dir: Path) -> None:
+    """A meta.json written by an older agent has no rank: the job is rank 0 of 1."""
+    first = runtime(state_dir)
+    handle = first.start(assignment(3, ["sleep", "300"]), AS_ME)
+    meta_path = handle.job_dir / jobdirs.META
+    meta = json.loads(meta_path.read_text())
+    del meta["rank"], meta["world_size"]
+    meta_path.write_text(json.dumps(meta))
+    adopted = runtime(state_dir).adopt(handle.job_dir)
+    assert adopted is not None
+    assert (adopted.key, adopted.world_size, adopted.pid) == ((3, 1, 0), 1, handle.pid)
+    first.stop(handle, 0)
+    finish(first, handle)
 
 
 # ------------------------------------------------------------------ other accounts

@@ -248,6 +248,31 @@ def test_logs_without_follow_asks_for_no_follow(run: Runner, api: FakeApi) -> No
     assert api.last("GET", "/jobs/team-a/train-1/logs").url.params["follow"] == "false"
 
 
+def test_logs_rank_picks_a_worker_of_a_gang(run: Runner, api: FakeApi) -> None:
+    outputs = {"0": b"worker zero\n", "3": b"worker three\n"}
+    api.on(
+        "GET",
+        "/jobs/team-a/big/logs",
+        handler=lambda r: httpx.Response(200, content=outputs[r.url.params["rank"]]),
+    )
+
+    result = run("logs", "big", "-p", "team-a", "--rank", "3")
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout_bytes == b"worker three\n"
+    assert api.last("GET", "/jobs/team-a/big/logs").url.params["rank"] == "3"
+    default = run("logs", "big", "-p", "team-a")
+    assert default.stdout_bytes == b"worker zero\n"  # rank 0 unless told otherwise
+
+
+def test_logs_refuses_a_negative_rank(run: Runner, api: FakeApi) -> None:
+    result = run("logs", "big", "-p", "team-a", "--rank", "-1")
+
+    assert result.exit_code == 2
+    assert "--rank" in result.stderr
+    assert api.requests == []
+
+
 def test_logs_ctrl_c_exits_quietly_with_130(run: Runner, api: FakeApi) -> None:
     class Interrupted(httpx.SyncByteStream):
         def __iter__(self) -> Iterator[bytes]:
@@ -265,3 +290,39 @@ def test_logs_ctrl_c_exits_quietly_with_130(run: Runner, api: FakeApi) -> None:
     assert result.exit_code == 130
     assert result.stdout == "epoch 1\n"
     assert result.stderr == ""
+
+
+@pytest.mark.parametrize(
+    ("fields", "cell"),
+    [
+        ({"gpus": 0.5, "gpu_ids": [3]}, "0.5 (3)"),
+        ({"gpus": 0, "gpu_memory_bytes": 20 * 1024**3, "gpu_ids": [3]}, "20GiB (3)"),
+        ({"gpus": 0, "mig_profile": "1g.10gb", "gpu_ids": [0]}, "mig 1g.10gb (0)"),
+        ({"gpus": 0.5, "gpu_ids": [], "node": None, "state": "pending"}, "0.5 (not bound yet)"),
+    ],
+)
+def test_get_shows_what_a_shared_or_mig_job_asked_for_and_got(
+    run: Runner, api: FakeApi, fields: dict[str, object], cell: str
+) -> None:
+    api.on("GET", "/jobs/team-a/train-1", json=job_detail(**fields))
+    result = run("get", "train-1", "-p", "team-a")
+    assert result.exit_code == 0, result.output
+    assert field(result.stdout, "GPUs") == cell
+
+
+def test_get_of_a_gang_lists_its_workers(run: Runner, api: FakeApi) -> None:
+    workers = [
+        {"rank": 0, "node": "node-1", "gpu_ids": [0, 1], "state": "running", "pid": 11,
+         "exit_code": None},
+        {"rank": 1, "node": "node-2", "gpu_ids": [4, 5], "state": "exited", "pid": 12,
+         "exit_code": 0},
+    ]  # fmt: skip
+    api.on("GET", "/jobs/team-a/train-1", json=job_detail(workers=2, worker_list=workers))
+    result = run("get", "train-1", "-p", "team-a")
+    assert result.exit_code == 0, result.output
+    assert field(result.stdout, "GPUs") == "2x2"
+    assert field(result.stdout, "Node") == "node-1 +1"
+    rows = result.stdout.split("Workers:")[1].split("Events:")[0].strip().splitlines()
+    assert rows[0].split() == ["RANK", "NODE", "GPUS", "STATE", "PID", "EXIT", "CODE"]
+    assert rows[1].split() == ["0", "node-1", "0,1", "running", "11", "-"]
+    assert rows[2].split() == ["1", "node-2", "4,5", "exited", "12", "0"]

@@ -117,7 +117,7 @@ def test_project_comes_from_the_current_project_then_default(
         (["-e", "1BAD=x"], "--env: '1BAD' is not a valid variable name"),
         (["--grace-period", "soon"], "'--grace-period': 'soon' is not a duration"),
         (["-g", "-1"], "'--gpus'"),
-        (["-g", "1.5"], "'--gpus'"),
+        (["-g", "1.5"], "--gpus: 1.5 GPUs: a job gets whole GPUs, or a fraction below 1"),
         (["--cpus", "0"], "'--cpus'"),
         (["--workdir", "relative/dir"], "--workdir: must be an absolute path"),
         (["--kind", "batch"], "'--kind'"),
@@ -202,3 +202,34 @@ def test_parse_duration(text: str, seconds: float) -> None:
 def test_parse_duration_refuses_junk(text: str) -> None:
     with pytest.raises(ValueError, match="is not a duration"):
         parse_duration(text)
+
+
+def test_shares_mig_and_gangs_reach_the_request(run: Runner, accepts: FakeApi) -> None:
+    assert run("submit", "half", "-g", "0.5", "--", "x").exit_code == 0
+    assert accepts.body("POST", "/jobs")["gpus"] == 0.5
+    assert run("submit", "mem", "--gpu-memory", "20GiB", "--", "x").exit_code == 0
+    body = accepts.body("POST", "/jobs")
+    assert body["gpu_memory_bytes"] == 20 * 1024**3 and body["gpus"] == 0
+    assert run("submit", "tiny", "--mig", "1g.10gb", "--", "x").exit_code == 0
+    assert accepts.body("POST", "/jobs")["mig_profile"] == "1g.10gb"
+    assert run("submit", "gang", "-g", "8", "--workers", "4", "--", "x").exit_code == 0
+    body = accepts.body("POST", "/jobs")
+    assert (body["gpus"], body["workers"]) == (8, 4)
+
+
+@pytest.mark.parametrize(
+    ("args", "option", "fragment"),
+    [
+        (["-g", "1.5"], "--gpus", "fraction below 1"),
+        (["-g", "0.5", "--gpu-memory", "10GiB"], "--gpu-memory", "only one of"),
+        (["-g", "0.5", "--workers", "2"], "--workers", "whole GPUs"),
+        (["--mig", "big"], "--mig", "pattern"),
+    ],
+)
+def test_bad_device_requests_are_refused_naming_the_option(
+    run: Runner, accepts: FakeApi, args: list[str], option: str, fragment: str
+) -> None:
+    result = run("submit", "x", *args, "--", "x")
+    assert result.exit_code == 2
+    assert option in result.stderr and fragment in result.stderr
+    assert not [r for r in accepts.requests if r.method == "POST"]

@@ -27,8 +27,9 @@ class JobExit:
 
 @dataclass(frozen=True)
 class JobHandle:
-    """A job a runtime started or adopted. ``pid`` is its main process (None when the
-    runtime has no host process to name, as for a container not yet started)."""
+    """A job (one worker of it) a runtime started or adopted. ``pid`` is its main
+    process (None when the runtime has no host process to name, as for a container not
+    yet started); ``rank`` is which worker of a gang of ``world_size`` it is."""
 
     job_id: int
     attempt: int
@@ -38,10 +39,12 @@ class JobHandle:
     started_at: datetime
     grace_seconds: float
     adopted: bool = False
+    rank: int = 0
+    world_size: int = 1
 
     @property
     def key(self) -> JobKey:
-        return (self.job_id, self.attempt)
+        return JobKey(self.job_id, self.attempt, self.rank)
 
 
 class Runtime(Protocol):

@@ -1,4 +1,31 @@
-"""The environment a job starts with (shared by every runtime)."""
+"""The environment a job starts with (shared by every runtime).
+
+A clean base (PATH, HOME, USER, LOGNAME, SHELL, LANG, LC_ALL), then the job's own
+variables, then Corral's, which always win:
+
+``CORRAL_JOB_ID``, ``CORRAL_JOB_NAME``, ``CORRAL_JOB_PROJECT``, ``CORRAL_JOB_USER``,
+``CORRAL_JOB_ATTEMPT``, ``CORRAL_NODE``
+    who and where the job is.
+``CORRAL_WORKER_RANK``, ``CORRAL_WORLD_SIZE``
+    which worker of its gang this process is (0..N-1) and how many there are; 0 and 1
+    for a job that is not a gang.
+``MASTER_ADDR``, ``MASTER_PORT``
+    a gang's rendezvous (rank 0's node, and a port the server picked there), the names
+    ``torch.distributed`` reads; set only for gangs, where they replace the job's own.
+``CORRAL_JOB_GPUS``, ``CORRAL_GPU_UUIDS``
+    how many GPUs the worker was given, and their UUIDs (a MIG job: its instance's).
+``CUDA_VISIBLE_DEVICES``, ``NVIDIA_VISIBLE_DEVICES``, ``CUDA_DEVICE_ORDER``
+    the GPUs the job may use: NVML indices, which are PCI bus order, so
+    ``CUDA_DEVICE_ORDER=PCI_BUS_ID`` makes CUDA number the devices the same way; for a
+    MIG job both name its ``MIG-<uuid>`` instance instead (CUDA accepts that form).
+``CORRAL_GPU_FRACTION``, ``CORRAL_GPU_MEMORY_BYTES``
+    for a job on part of a shared GPU: its fraction of the GPU (e.g. ``0.5``) and its
+    share of the GPU's memory in bytes. Corral does not enforce them on the device; a
+    well-behaved job caps itself (e.g. PyTorch's
+    ``torch.cuda.set_per_process_memory_fraction``).
+``CORRAL_GPUS_SIMULATED``
+    ``1`` when the node's GPUs are simulated.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +36,7 @@ from corral.core.schemas import RESERVED_ENV_KEYS, RESERVED_ENV_PREFIXES, Assign
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _INHERITED = ("LANG", "LC_ALL")
+MIG_UUID_PREFIX = "MIG-"
 
 
 def job_environment(
@@ -19,11 +47,9 @@ def job_environment(
     gpus_simulated: bool,
     agent_env: Mapping[str, str],
 ) -> dict[str, str]:
-    """A clean base, then the user's variables, then Corral's (which always win).
+    """A clean base, then the user's variables, then Corral's (see the module's doc).
 
     Nothing else leaks from the agent's own environment (its tokens, proxies, paths).
-    ``CUDA_VISIBLE_DEVICES`` holds NVML indices, which are PCI bus order, so
-    ``CUDA_DEVICE_ORDER=PCI_BUS_ID`` makes CUDA number the devices the same way.
     """
     env = {
         "PATH": agent_env.get("PATH") or DEFAULT_PATH,
@@ -50,14 +76,35 @@ def job_environment(
             "CORRAL_JOB_USER": assignment.user,
             "CORRAL_JOB_ATTEMPT": str(assignment.attempt),
             "CORRAL_NODE": node_name,
+            "CORRAL_WORKER_RANK": str(assignment.rank),
+            "CORRAL_WORLD_SIZE": str(assignment.world_size),
             "CORRAL_JOB_GPUS": str(len(assignment.gpu_ids)),
             "CORRAL_GPU_UUIDS": ",".join(assignment.gpu_uuids),
-            "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in assignment.gpu_ids),
+            "CUDA_VISIBLE_DEVICES": _cuda_visible_devices(assignment),
             # "void" hides every GPU from the NVIDIA container runtime; "" would mean "all".
             "NVIDIA_VISIBLE_DEVICES": ",".join(assignment.gpu_uuids) or "void",
             "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
         }
     )
+    if assignment.master_addr is not None and assignment.master_port is not None:
+        env["MASTER_ADDR"] = assignment.master_addr
+        env["MASTER_PORT"] = str(assignment.master_port)
+    if assignment.gpu_fraction is not None:
+        env["CORRAL_GPU_FRACTION"] = str(float(assignment.gpu_fraction))
+    if assignment.gpu_memory_bytes is not None:
+        env["CORRAL_GPU_MEMORY_BYTES"] = str(int(assignment.gpu_memory_bytes))
     if gpus_simulated:
         env["CORRAL_GPUS_SIMULATED"] = "1"
     return env
+
+
+def is_mig(assignment: Assignment) -> bool:
+    """Whether the job runs on a MIG instance (its ``gpu_uuids`` name ``MIG-…`` devices)."""
+    return any(u.startswith(MIG_UUID_PREFIX) for u in assignment.gpu_uuids)
+
+
+def _cuda_visible_devices(assignment: Assignment) -> str:
+    # CUDA can not address a MIG instance by index: only by its MIG-<uuid>.
+    if is_mig(assignment):
+        return ",".join(assignment.gpu_uuids)
+    return ",".join(str(i) for i in assignment.gpu_ids)

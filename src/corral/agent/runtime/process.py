@@ -111,7 +111,7 @@ class ProcessRuntime:
         workdir = assignment.workdir
         if workdir is not None and not Path(workdir).is_dir():
             raise StartError(f"working directory {workdir} does not exist on node {self.node_name}")
-        key = (assignment.job_id, assignment.attempt)
+        key = JobKey(assignment.job_id, assignment.attempt, assignment.rank)
         directory = jobdirs.job_dir(self.state_dir, key)
         directory.parent.mkdir(parents=True, exist_ok=True)
         # Left over from a start that never got as far as meta.json (the supervisor never
@@ -144,6 +144,8 @@ class ProcessRuntime:
             user=account.name,
             uid=account.uid,
             grace_seconds=assignment.grace_seconds,
+            rank=assignment.rank,
+            world_size=assignment.world_size,
         )
         # The window between Popen and this write is the one moment an agent crash
         # would leave a job it cannot re-adopt; the server then hears "no record".
@@ -156,13 +158,15 @@ class ProcessRuntime:
             pid=popen.pid,
             started_at=started_at,
             grace_seconds=assignment.grace_seconds,
+            rank=assignment.rank,
+            world_size=assignment.world_size,
         )
         self._tracked[key] = _Tracked(handle=handle, pgid=popen.pid, popen=popen, proc=None)
         if self._on_exit is not None and hasattr(os, "waitid"):
             threading.Thread(
                 target=_notify_exit,
                 args=(popen.pid, self._on_exit),
-                name=f"corral-job-{assignment.job_id}-{assignment.attempt}-exit",
+                name=f"corral-job-{jobdirs.dir_name(key)}-exit",
                 daemon=True,
             ).start()
         return handle
@@ -219,6 +223,8 @@ class ProcessRuntime:
             started_at=datetime.fromisoformat(meta.started_at),
             grace_seconds=meta.grace_seconds,
             adopted=True,
+            rank=meta.rank,
+            world_size=meta.world_size,
         )
         proc = _find_process(meta)
         self._tracked[meta.key] = _Tracked(

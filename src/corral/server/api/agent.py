@@ -18,7 +18,7 @@ from corral.server.api.responses import model_response
 from corral.server.context import ServerContext
 from corral.server.services import auth
 from corral.server.services import nodes as node_service
-from corral.store.models import Job, Node
+from corral.store.models import Job, JobWorker, Node
 
 router = APIRouter(prefix="/agent", tags=["agent"])
 
@@ -105,13 +105,29 @@ async def sync(ctx: CtxDep, node_id: NodeIdDep, body: schemas.SyncRequest) -> Re
 
 
 def _store_log(
-    ctx: ServerContext, node_id: int, job_id: int, attempt: int, offset: int, data: bytes
+    ctx: ServerContext,
+    node_id: int,
+    job_id: int,
+    attempt: int,
+    offset: int,
+    data: bytes,
+    rank: int = 0,
 ) -> int:
+    """Store a chunk of a worker's output, if the calling node runs that worker: rank 0
+    on the job's own node, a gang's other workers on the node of their `JobWorker` row."""
     with ctx.db.read() as s:
         job = s.get(Job, job_id)
-        if job is None or job.node_id != node_id or attempt > job.attempt or attempt < 1:
+        if job is None or attempt > job.attempt or attempt < 1:
             raise Unauthorized("this node does not run that job attempt")
-    return ctx.logs.append(job_id, attempt, offset, data)
+        if rank == 0:
+            runs_it = job.node_id == node_id
+        else:
+            worker = s.get(JobWorker, (job_id, rank))
+            runs_it = worker is not None and worker.node_id == node_id
+        if not runs_it:
+            which = "that job attempt" if rank == 0 else f"worker {rank} of that job attempt"
+            raise Unauthorized(f"this node does not run {which}")
+    return ctx.logs.append(job_id, attempt, offset, data, rank=rank)
 
 
 @router.put("/jobs/{job_id}/attempts/{attempt}/log", response_model=schemas.LogAck)
@@ -122,7 +138,12 @@ async def upload_log(
     job_id: int,
     attempt: int,
     offset: int = Query(ge=0),
+    rank: int = Query(
+        0, ge=0, lt=schemas.MAX_WORKERS, description="Which worker of a gang (0 for other jobs)."
+    ),
 ) -> schemas.LogAck:
     data = await request.body()
-    next_offset = await asyncio.to_thread(_store_log, ctx, node_id, job_id, attempt, offset, data)
+    next_offset = await asyncio.to_thread(
+        _store_log, ctx, node_id, job_id, attempt, offset, data, rank
+    )
     return schemas.LogAck(next_offset=next_offset)

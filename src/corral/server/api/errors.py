@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -49,7 +50,14 @@ def _validation_message(err: dict[str, Any]) -> tuple[str, str]:
     if kind == "json_invalid":
         return "body", "the request body is not valid JSON"
     msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+    named = _NAMED.match(msg)
+    if field == "body" and named:
+        # A check across fields names the field it blames ("workers: a gang's …").
+        return named.group(1), msg
     return field, f"{field}: {msg}"
+
+
+_NAMED = re.compile(r"^([a-z_]+): ")
 
 
 def install_error_handlers(app: FastAPI) -> None:

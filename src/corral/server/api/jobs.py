@@ -16,11 +16,12 @@ from corral.server.api.responses import model_response
 from corral.server.context import ServerContext
 from corral.server.services import jobs as job_service
 from corral.server.services.accounts import Caller, can_use_project
-from corral.store.models import Job
+from corral.store.models import Job, JobWorker
 
 router = APIRouter(tags=["jobs"])
 
 LOG_POLL_SECONDS = 0.2
+_WORKER_ENDED = frozenset({"exited", "failed"})  # JobWorker.state of a worker that ended
 
 
 @router.post("/jobs", response_model=schemas.JobOut, status_code=201)
@@ -66,7 +67,7 @@ def delete_job(ctx: CtxDep, caller: CallerDep, project: str, name: str) -> schem
 
 
 def _log_target(
-    ctx: ServerContext, caller: Caller, project: str, name: str, attempt: int | None
+    ctx: ServerContext, caller: Caller, project: str, name: str, attempt: int | None, rank: int
 ) -> tuple[int, int]:
     with ctx.db.read() as s:
         job = job_service.find_job(s, project, name)
@@ -77,18 +78,31 @@ def _log_target(
             raise InvalidRequest(
                 f"attempt: job {name!r} has attempts 1..{job.attempt}", field="attempt"
             )
+        workers = job.workers or 1
+        if rank >= workers:
+            has = "only rank 0 (it is not a gang)" if workers == 1 else f"ranks 0..{workers - 1}"
+            raise InvalidRequest(f"rank: job {name!r} has {has}", field="rank")
         return job.id, chosen
 
 
-def _log_finished(ctx: ServerContext, job_id: int, attempt: int) -> bool:
+def _log_finished(ctx: ServerContext, job_id: int, attempt: int, rank: int) -> bool:
+    """Whether worker ``rank`` of ``attempt`` will write no more output: the attempt is
+    over (a newer one, or the job ended or waits again), or that worker has ended."""
     with ctx.db.read() as s:
         job = s.get(Job, job_id)
-        return (
+        if (
             job is None
             or job.attempt != attempt
             or JobState(job.state).is_terminal
             or JobState(job.state) is JobState.PENDING
-        )
+        ):
+            return True
+        if (job.workers or 1) == 1:
+            return False
+        # A gang's worker can end before its job does; its agent ships all of its output
+        # before reporting its end, so the output is complete by then.
+        worker = s.get(JobWorker, (job_id, rank))
+        return worker is not None and worker.state in _WORKER_ENDED
 
 
 @router.get(
@@ -104,13 +118,14 @@ async def job_logs(
     offset: int = Query(0, ge=0),
     follow: bool = False,
     attempt: int | None = Query(None, ge=0, description="default: the latest attempt"),
+    rank: int = Query(0, ge=0, description="which worker of a gang (default 0)"),
 ) -> StreamingResponse:
-    job_id, chosen = await asyncio.to_thread(_log_target, ctx, caller, project, name, attempt)
+    job_id, chosen = await asyncio.to_thread(_log_target, ctx, caller, project, name, attempt, rank)
 
     async def body() -> AsyncIterator[bytes]:
         pos = offset
         while True:
-            data = await asyncio.to_thread(ctx.logs.read, job_id, chosen, pos)
+            data = await asyncio.to_thread(ctx.logs.read, job_id, chosen, pos, rank=rank)
             if data:
                 pos += len(data)
                 yield data
@@ -119,8 +134,8 @@ async def job_logs(
                 return
             # Read once more after seeing the job finished: its last chunk may have
             # landed between our read and the state check.
-            if await asyncio.to_thread(_log_finished, ctx, job_id, chosen):
-                tail = await asyncio.to_thread(ctx.logs.read, job_id, chosen, pos)
+            if await asyncio.to_thread(_log_finished, ctx, job_id, chosen, rank):
+                tail = await asyncio.to_thread(ctx.logs.read, job_id, chosen, pos, rank=rank)
                 if tail:
                     yield tail
                 return

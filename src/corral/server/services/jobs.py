@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import and_, delete, exists, func, select
 from sqlalchemy.orm import Session
 
 from corral.core import schemas
@@ -12,7 +12,18 @@ from corral.core.errors import AlreadyExists, Conflict, Forbidden, InvalidReques
 from corral.core.states import JobKind, JobState
 from corral.server.services.accounts import Caller, can_use_project, get_project
 from corral.server.services.projects import known_pools
-from corral.store.models import Gpu, GpuAllocation, Job, JobEvent, Node, Project, User
+from corral.store.models import (
+    Gpu,
+    GpuAllocation,
+    GpuShare,
+    Job,
+    JobEvent,
+    JobWorker,
+    MigInstance,
+    Node,
+    Project,
+    User,
+)
 
 
 def record_event(
@@ -41,10 +52,37 @@ def change_state(
     job.state = new.value
     job.reason = reason
     if old.holds_devices and not new.holds_devices:
-        session.execute(delete(GpuAllocation).where(GpuAllocation.job_id == job.id))
+        release_devices(session, job)
     if new.is_terminal:
         job.finished_at = now
     record_event(session, job, new.value, message, now, actor)
+
+
+def is_shared(job: Job) -> bool:
+    """Whether the job holds part of a GPU (a fraction, an amount of memory, a MIG instance)."""
+    return 0 < job.gpus < 1 or job.gpu_memory_bytes is not None or job.mig_profile is not None
+
+
+def release_devices(session: Session, job: Job) -> None:
+    """Give back every device ``job`` holds: whole GPUs, its share of a GPU (and the
+    GPU's shared marker once no share is left on it)."""
+    session.execute(delete(GpuAllocation).where(GpuAllocation.job_id == job.id))
+    if not is_shared(job):
+        return
+    share = session.get(GpuShare, job.id)
+    if share is None:
+        return
+    node_id, gpu_index = share.node_id, share.gpu_index
+    session.delete(share)
+    session.flush()
+    session.execute(
+        delete(GpuAllocation).where(
+            GpuAllocation.node_id == node_id,
+            GpuAllocation.gpu_index == gpu_index,
+            GpuAllocation.job_id.is_(None),
+            ~exists().where(and_(GpuShare.node_id == node_id, GpuShare.gpu_index == gpu_index)),
+        )
+    )
 
 
 def _check_pool(session: Session, req: schemas.JobSubmit, project: Project) -> None:
@@ -73,13 +111,38 @@ def _check_fits_somewhere(session: Session, req: schemas.JobSubmit) -> None:
     ).all()
     if not nodes:
         return  # nodes may join later; the job waits with a reason
-    if req.gpus > 0:
+    if req.gpus >= 1:
         most = max(nodes, key=lambda n: int(n.gpus))
         if req.gpus > most.gpus:
+            one = "a gang's worker" if req.workers > 1 else "a job"
             raise InvalidRequest(
                 f"gpus: the job asks for {req.gpus:g} GPUs but the largest node has "
-                f"{most.gpus} ({most.name}); a job runs on one node",
+                f"{most.gpus} ({most.name}); {one} runs on one node",
                 field="gpus",
+            )
+        total = sum(int(n.gpus) for n in nodes)
+        if req.gpus * req.workers > total:
+            raise InvalidRequest(
+                f"workers: {req.workers} workers x {req.gpus:g} GPUs = "
+                f"{req.gpus * req.workers:g} GPUs, but the cluster has {total}",
+                field="workers",
+            )
+    if req.gpu_memory_bytes is not None:
+        largest = session.scalar(select(func.max(Gpu.memory_bytes))) or 0
+        if req.gpu_memory_bytes > largest:
+            raise InvalidRequest(
+                f"gpu_memory_bytes: the job asks for {req.gpu_memory_bytes / 1024**3:.1f} GiB "
+                f"of one GPU, but the largest GPU has {largest / 1024**3:.1f} GiB",
+                field="gpu_memory_bytes",
+            )
+    if req.mig_profile is not None:
+        profiles = set(session.scalars(select(MigInstance.profile).distinct()))
+        if req.mig_profile not in profiles:
+            have = ", ".join(sorted(profiles)) or "none: no GPU is in MIG mode"
+            raise InvalidRequest(
+                f"mig_profile: no node has a MIG instance of profile {req.mig_profile} "
+                f"(profiles: {have})",
+                field="mig_profile",
             )
     if req.cpus is not None:
         most = max(nodes, key=lambda n: n.cpu_cores)
@@ -130,6 +193,9 @@ def submit(
         state=JobState.PENDING.value,
         reason="waiting for the scheduler",
         gpus=req.gpus,
+        gpu_memory_bytes=req.gpu_memory_bytes,
+        mig_profile=req.mig_profile,
+        workers=req.workers,
         cpus=req.cpus,
         memory_bytes=req.memory_bytes,
         command=list(req.command),
@@ -222,13 +288,26 @@ def delete_job(session: Session, caller: Caller, job: Job, now: datetime) -> set
     return set()
 
 
+def job_node_ids(session: Session, job: Job) -> set[int]:
+    """The nodes the job's current attempt runs on (a gang's workers may span several)."""
+    ids = {job.node_id} if job.node_id is not None else set()
+    if job.workers > 1:
+        ids.update(
+            n
+            for n in session.scalars(select(JobWorker.node_id).where(JobWorker.job_id == job.id))
+            if n is not None
+        )
+    return ids
+
+
 def _bump_generation(session: Session, job: Job) -> set[int]:
-    if job.node_id is None:
-        return set()
-    node = session.get(Node, job.node_id)
-    assert node is not None
-    node.generation += 1
-    return {node.id}
+    """Tell every node of the job that its desired state changed."""
+    ids = job_node_ids(session, job)
+    for node_id in ids:
+        node = session.get(Node, node_id)
+        assert node is not None
+        node.generation += 1
+    return ids
 
 
 def shown_reason(job: Job) -> str | None:
@@ -243,9 +322,24 @@ def shown_reason(job: Job) -> str | None:
 def job_out(job: Job) -> schemas.JobOut:
     node = job.node
     uuids: list[str] = []
-    if node is not None and job.gpu_ids:
+    if job.mig_uuid is not None:
+        uuids = [job.mig_uuid]
+    elif node is not None and job.gpu_ids:
         by_index = {g.index: g.uuid for g in node.gpus}
         uuids = [by_index.get(i, "") for i in job.gpu_ids]
+    workers = []
+    if job.workers > 1 and job.attempt > 0:
+        workers = [
+            schemas.WorkerOut(
+                rank=w.rank,
+                node=w.node.name if w.node else None,
+                gpu_ids=list(w.gpu_ids),
+                state=w.state,
+                pid=w.pid,
+                exit_code=w.exit_code,
+            )
+            for w in job.worker_rows
+        ]
     return schemas.JobOut(
         id=job.id,
         name=job.name,
@@ -255,8 +349,12 @@ def job_out(job: Job) -> schemas.JobOut:
         state=JobState(job.state),
         node=node.name if node else None,
         gpus=job.gpus,
+        gpu_memory_bytes=job.gpu_memory_bytes,
+        mig_profile=job.mig_profile,
+        workers=job.workers,
         gpu_ids=list(job.gpu_ids or []),
         gpu_uuids=uuids,
+        worker_list=workers,
         cpus=job.cpus,
         memory_bytes=job.memory_bytes,
         command=list(job.command),

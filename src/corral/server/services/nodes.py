@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, lazyload
 
 from corral.core import schemas
 from corral.core.errors import Forbidden, NotFound
 from corral.core.states import JobKind, JobState, NodeState
 from corral.server.services.auth import NODE_PREFIX, hash_token, new_secret
-from corral.server.services.jobs import change_state
-from corral.store.models import Gpu, GpuAllocation, Job, Node, NodeEvent, Project, User
+from corral.server.services.jobs import change_state, job_node_ids
+from corral.store.models import (
+    Gpu,
+    GpuAllocation,
+    Job,
+    JobWorker,
+    MigInstance,
+    Node,
+    NodeEvent,
+    Project,
+    User,
+)
 
 HOLDING_STATES = [s.value for s in JobState if s.holds_devices]
 
@@ -56,6 +67,7 @@ def register(
         session.add(node)
     node.token_hash = hash_token(token)
     node.hostname = inv.hostname
+    node.address = inv.address
     node.cpu_cores = inv.cpu_cores
     node.memory_bytes = inv.memory_bytes
     node.driver_version = inv.driver_version
@@ -94,6 +106,7 @@ def register(
         if g.index not in known
     )
     session.flush()
+    _record_mig(session, node, inv)
     if changed:
         node_event(session, node, "inventory", f"GPUs changed at indices {changed}", now)
     kind = "simulated " if inv.simulated else ""
@@ -109,6 +122,27 @@ def register(
         now,
     )
     return node, token
+
+
+def _record_mig(session: Session, node: Node, inv: schemas.NodeInventory) -> None:
+    """Make the node's MIG instances what the agent found (the layout is discovered,
+    never assumed). A job keeps running on an instance that vanished; the scheduler
+    simply no longer offers it."""
+    found = {m.uuid: (g.index, m) for g in inv.gpus for m in g.mig}
+    rows = {
+        r.uuid: r
+        for r in session.scalars(select(MigInstance).where(MigInstance.node_id == node.id))
+    }
+    for uuid, old in rows.items():
+        if uuid not in found:
+            session.delete(old)
+    for uuid, (gpu_index, m) in found.items():
+        row = rows.get(uuid) or MigInstance(node_id=node.id, uuid=uuid)
+        session.add(row)
+        row.gpu_index, row.profile = gpu_index, m.profile
+        row.gpu_instance_id, row.compute_instance_id = m.gpu_instance_id, m.compute_instance_id
+        row.compute_slices, row.memory_bytes = m.compute_slices, m.memory_bytes
+    session.flush()
 
 
 _JOB_ALONE = (lazyload(Job.project), lazyload(Job.user), lazyload(Job.node))
@@ -127,7 +161,12 @@ def apply_reports(
     for report in reports:
         # Nothing here needs the job's project, user or node (joined by default).
         job = session.get(Job, report.job_id, options=_JOB_ALONE)
-        if job is None or job.node_id != node.id or job.attempt != report.attempt:
+        if job is None or job.attempt != report.attempt:
+            continue
+        if job.workers > 1:
+            freed = _gang_report(session, job, report, node, now) or freed
+            continue
+        if job.node_id != node.id or report.rank != 0:
             continue
         state = JobState(job.state)
         at = report.at or now
@@ -145,6 +184,107 @@ def apply_reports(
             freed = True
             _finish(session, job, report, node, at)
     return freed
+
+
+_ENDED = ("exited", "failed")
+
+
+def _gang_report(
+    session: Session, job: Job, report: schemas.JobReport, node: Node, now: datetime
+) -> bool:
+    """Apply one worker's report to its gang. Returns True when the job ended.
+
+    The job runs once every worker runs; it succeeds once every worker exited with 0. A
+    worker that fails (or exits non-zero) stops the others, and the job ends failed once
+    they are all gone.
+    """
+    worker = session.get(JobWorker, (job.id, report.rank))
+    state = JobState(job.state)
+    if worker is None or worker.node_id != node.id or not state.holds_devices:
+        return False
+    at = report.at or now
+    where = f"worker {report.rank} on {node.name}"
+    if report.state == "starting" and worker.state == "bound":
+        worker.state = "starting"
+        if state is JobState.BOUND:
+            change_state(session, job, JobState.STARTING, at, f"starting ({where} first)")
+        return False
+    if report.state == "running" and worker.state in ("bound", "starting"):
+        worker.state, worker.pid = "running", report.pid
+        if report.rank == 0:
+            job.pid = report.pid
+        workers = list(session.scalars(select(JobWorker).where(JobWorker.job_id == job.id)))
+        if all(w.state == "running" for w in workers) and state in (
+            JobState.BOUND,
+            JobState.STARTING,
+        ):
+            job.started_at = at
+            change_state(
+                session, job, JobState.RUNNING, at, f"running: all {len(workers)} workers started"
+            )
+        return False
+    if report.state not in _ENDED or worker.state in _ENDED:
+        return False
+    worker.state, worker.exit_code = report.state, report.exit_code
+    session.flush()
+    workers = list(session.scalars(select(JobWorker).where(JobWorker.job_id == job.id)))
+    bad = report.state == "failed" or report.exit_code != 0
+    if bad and state is not JobState.STOPPING and job.failed_worker is None:
+        detail = f": {report.message}" if report.message else ""
+        code = "unknown" if report.exit_code is None else str(report.exit_code)
+        what = (
+            f"could not start{detail}"
+            if report.state == "failed"
+            else f"exited with code {code}{detail}"
+        )
+        job.failed_worker = report.rank
+        job.exit_code = report.exit_code
+        if any(w.state not in _ENDED for w in workers):
+            message = f"{where} {what}: stopping the other workers"
+            change_state(session, job, JobState.STOPPING, at, message, reason=message)
+            for node_id in job_node_ids(session, job):
+                other = session.get(Node, node_id)
+                if other is not None:
+                    other.generation += 1
+            return False
+        change_state(session, job, JobState.FAILED, at, f"{where} {what}", reason=f"{where} {what}")
+        return True
+    if any(w.state not in _ENDED for w in workers):
+        return False
+    _finish_gang(session, job, workers, at)
+    return True
+
+
+def _finish_gang(session: Session, job: Job, workers: list[JobWorker], at: datetime) -> None:
+    """Every worker of the gang is gone: the job's end."""
+    state = JobState(job.state)
+    if state is JobState.STOPPING and job.preempted_by_id and not job.deleted:
+        reason = job.reason
+        change_state(
+            session,
+            job,
+            JobState.PREEMPTED,
+            at,
+            "all workers stopped after preemption",
+            reason=reason,
+        )
+        requeue(session, job, at, reason)
+    elif job.failed_worker is not None:
+        change_state(
+            session,
+            job,
+            JobState.FAILED,
+            at,
+            "all workers gone after a worker failed",
+            reason=job.reason,
+        )
+    elif state is JobState.STOPPING:
+        change_state(session, job, JobState.STOPPED, at, "all workers stopped", reason=job.reason)
+    else:
+        job.exit_code = 0
+        change_state(
+            session, job, JobState.SUCCEEDED, at, f"all {len(workers)} workers exited with code 0"
+        )
 
 
 def _finish(
@@ -212,6 +352,8 @@ def requeue(session: Session, job: Job, at: datetime, reason: str | None) -> Non
     job.node_id = None
     job.gpu_ids = []
     job.pid = None
+    job.mig_uuid = None
+    job.master_port = None
     change_state(
         session,
         job,
@@ -239,61 +381,101 @@ def heartbeat(session: Session, node: Node, now: datetime) -> None:
         set_node_state(session, node, NodeState.READY, now, "heartbeats resumed")
 
 
+_ASSIGNMENT_COLUMNS = (
+    Job.id,
+    Job.attempt,
+    Job.name,
+    Project.name.label("project"),
+    User.name.label("user"),
+    User.unix_user,
+    Job.kind,
+    Job.state,
+    Job.command,
+    Job.env,
+    Job.workdir,
+    Job.gpus,
+    Job.gpu_memory_bytes,
+    Job.mig_uuid,
+    Job.cpus,
+    Job.memory_bytes,
+    Job.grace_seconds,
+    Job.preempted_by_id,
+    Job.workers,
+    Job.node_id,
+    Job.master_port,
+)
+
+
 def desired_state(session: Session, node: Node, now: datetime) -> schemas.SyncResponse:
     # Every agent's every sync: plain rows of what an assignment needs, not ORM objects.
-    jobs = session.execute(
-        select(
-            Job.id,
-            Job.attempt,
-            Job.name,
-            Project.name.label("project"),
-            User.name.label("user"),
-            User.unix_user,
-            Job.kind,
-            Job.state,
-            Job.command,
-            Job.env,
-            Job.workdir,
-            Job.gpu_ids,
-            Job.cpus,
-            Job.memory_bytes,
-            Job.grace_seconds,
-            Job.preempted_by_id,
+    # One-worker jobs on this node, then the workers of gangs that have some here.
+    units: list[tuple[Any, int, list[int]]] = [
+        (j, 0, list(j.gpu_ids))
+        for j in session.execute(
+            select(*_ASSIGNMENT_COLUMNS, Job.gpu_ids)
+            .join(Project, Project.id == Job.project_id)
+            .join(User, User.id == Job.user_id)
+            .where(Job.node_id == node.id, Job.state.in_(HOLDING_STATES), Job.workers == 1)
+            .order_by(Job.id)
         )
+    ]
+    gang_rows = session.execute(
+        select(*_ASSIGNMENT_COLUMNS, JobWorker.rank, JobWorker.gpu_ids.label("worker_gpus"))
+        .join(Job, Job.id == JobWorker.job_id)
         .join(Project, Project.id == Job.project_id)
         .join(User, User.id == Job.user_id)
-        .where(Job.node_id == node.id, Job.state.in_(HOLDING_STATES))
-        .order_by(Job.id)
+        .where(JobWorker.node_id == node.id, Job.state.in_(HOLDING_STATES))
+        .order_by(Job.id, JobWorker.rank)
     ).all()
+    units.extend((g, g.rank, list(g.worker_gpus)) for g in gang_rows)
+    masters: dict[int, str] = {}
+    if gang_rows:
+        master_ids = {g.node_id for g in gang_rows}
+        for node_id, hostname, address in session.execute(
+            select(Node.id, Node.hostname, Node.address).where(Node.id.in_(master_ids))
+        ):
+            masters[node_id] = address or hostname
     # A job bound to devices that jobs it preempted still hold starts after they are gone.
-    after: dict[int, list[int]] = {}
-    for j in jobs:
+    after: dict[int, set[int]] = {}
+    for j, _, _ in units:
         if j.preempted_by_id is not None:
-            after.setdefault(j.preempted_by_id, []).append(j.id)
-    uuids = {g.index: g.uuid for g in node.gpus}
-    assignments = [
-        schemas.Assignment(
-            job_id=j.id,
-            attempt=j.attempt,
-            name=j.name,
-            project=j.project,
-            user=j.user,
-            unix_user=j.unix_user,
-            kind=JobKind(j.kind),
-            state=JobState(j.state),
-            command=list(j.command),
-            env=dict(j.env),
-            workdir=j.workdir,
-            gpu_ids=list(j.gpu_ids),
-            gpu_uuids=[uuids[i] for i in j.gpu_ids],
-            cpus=j.cpus,
-            memory_bytes=j.memory_bytes,
-            grace_seconds=j.grace_seconds,
-            stop=j.state == JobState.STOPPING.value,
-            after=after.get(j.id, []),
+            after.setdefault(j.preempted_by_id, set()).add(j.id)
+    gpus = {g.index: g for g in node.gpus}
+    assignments = []
+    for j, rank, gpu_ids in units:
+        shared = 0 < j.gpus < 1 or j.gpu_memory_bytes is not None
+        share_bytes = None
+        if shared and gpu_ids and gpu_ids[0] in gpus:
+            memory = gpus[gpu_ids[0]].memory_bytes
+            share_bytes = j.gpu_memory_bytes or int(j.gpus * memory)
+        assignments.append(
+            schemas.Assignment(
+                job_id=j.id,
+                attempt=j.attempt,
+                name=j.name,
+                project=j.project,
+                user=j.user,
+                unix_user=j.unix_user,
+                kind=JobKind(j.kind),
+                state=JobState(j.state),
+                command=list(j.command),
+                env=dict(j.env),
+                workdir=j.workdir,
+                gpu_ids=gpu_ids,
+                gpu_uuids=[j.mig_uuid] if j.mig_uuid else [gpus[i].uuid for i in gpu_ids],
+                cpus=j.cpus,
+                memory_bytes=j.memory_bytes,
+                grace_seconds=j.grace_seconds,
+                stop=j.state == JobState.STOPPING.value,
+                rank=rank,
+                world_size=j.workers,
+                master_addr=masters.get(j.node_id) if j.workers > 1 else None,
+                master_port=j.master_port if j.workers > 1 else None,
+                gpu_fraction=j.gpus if 0 < j.gpus < 1 else None,
+                gpu_memory_bytes=share_bytes,
+                after=sorted(after.get(j.id, ())),
+            )
         )
-        for j in jobs
-    ]
     return schemas.SyncResponse(
         generation=node.generation, assignments=assignments, server_time=now
     )
@@ -323,11 +505,22 @@ def check_liveness(
             set_node_state(
                 session, node, NodeState.DOWN, now, f"no heartbeat for {silent:.0f}s (last {last})"
             )
+            gangs_here = select(JobWorker.job_id).where(JobWorker.node_id == node.id)
             for job in session.scalars(
-                select(Job).where(Job.node_id == node.id, Job.state.in_(HOLDING_STATES))
+                select(Job).where(
+                    or_(Job.node_id == node.id, Job.id.in_(gangs_here)),
+                    Job.state.in_(HOLDING_STATES),
+                )
             ):
                 reason = f"node {node.name} stopped reporting (last heartbeat {last})"
+                # A gang's workers on other nodes must stop too: tell their nodes.
+                others = job_node_ids(session, job) - {node.id}
                 change_state(session, job, JobState.LOST, now, reason, reason=reason)
+                for other_id in others:
+                    other = session.get(Node, other_id)
+                    if other is not None:
+                        other.generation += 1
+                        changed.add(other_id)
                 freed = True
             node.generation += 1
             changed.add(node.id)
@@ -356,6 +549,7 @@ def node_out(session: Session, node: Node) -> schemas.NodeOut:
         state=NodeState(node.state),
         pool=node.pool,
         hostname=node.hostname,
+        address=node.address,
         cpu_cores=node.cpu_cores,
         memory_bytes=node.memory_bytes,
         gpus=len(node.gpus),

@@ -14,12 +14,13 @@ devices are already counted for the job that replaces it.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, bindparam, delete, select, update
+from sqlalchemy import Row, bindparam, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -28,6 +29,7 @@ from corral.scheduler import (
     Decisions,
     DeviceView,
     JobView,
+    MigSliceView,
     NodeView,
     Placement,
     Policy,
@@ -37,9 +39,14 @@ from corral.scheduler import (
     SchedulerConfig,
     Snapshot,
 )
-from corral.server.services.jobs import change_state
+from corral.server.services.jobs import change_state, job_node_ids, release_devices
 from corral.server.services.nodes import HOLDING_STATES
-from corral.store.models import GpuAllocation, Job, Node, Project
+from corral.store.models import GpuAllocation, GpuShare, Job, JobWorker, MigInstance, Node, Project
+
+# Rendezvous ports of gangs (MASTER_PORT) are chosen from here, one per gang whose first
+# worker is on the node: torch.distributed's default (29500) and up.
+MASTER_PORT_BASE = 29500
+MASTER_PORTS = 1000
 
 
 @dataclass
@@ -63,6 +70,9 @@ _QUEUE_COLUMNS = (
     Job.kind,
     Job.priority,
     Job.gpus,
+    Job.gpu_memory_bytes,
+    Job.mig_profile,
+    Job.workers,
     Job.pool,
     Job.cpus,
     Job.memory_bytes,
@@ -96,7 +106,20 @@ class _QueueViews:
 _queue_views = _QueueViews()
 
 
-def _job_view(job: Row[Any], project: str, node: str | None) -> JobView:
+def _job_view(
+    job: Row[Any],
+    project: str,
+    node: str | None,
+    workers: tuple[Placement, ...] | None = None,
+) -> JobView:
+    """A job's view; ``node`` set for a one-worker job that holds devices, ``workers`` the
+    placements of a gang that does."""
+    if workers is not None:
+        placements = workers
+    elif node is not None:
+        placements = (Placement(node, tuple(job.gpu_ids), mig_slice=job.mig_uuid),)
+    else:
+        placements = ()
     return JobView(
         id=job.id,
         name=job.name,
@@ -105,10 +128,13 @@ def _job_view(job: Row[Any], project: str, node: str | None) -> JobView:
         kind="interactive" if job.kind == JobKind.INTERACTIVE.value else "train",
         priority=job.priority,
         gpus=job.gpus,
+        gpu_memory_bytes=job.gpu_memory_bytes,
+        mig_profile=job.mig_profile,
+        workers=job.workers,
         pool=job.pool,
         cpus=job.cpus,
         memory_bytes=job.memory_bytes,
-        placements=(Placement(node, tuple(job.gpu_ids)),) if node else (),
+        placements=placements,
     )
 
 
@@ -117,12 +143,29 @@ def build_snapshot(session: Session) -> tuple[Snapshot, dict[str, Node]]:
     node_by_id = {n.id: n for n in nodes.values()}
     projects = list(session.scalars(select(Project).order_by(Project.id)))
     project_names = {p.id: p.name for p in projects}
+    mig: dict[tuple[int, int], list[MigSliceView]] = {}
+    for m in session.scalars(select(MigInstance).order_by(MigInstance.id)):
+        mig.setdefault((m.node_id, m.gpu_index), []).append(
+            MigSliceView(
+                id=m.uuid,
+                gpu=m.gpu_index,
+                profile=m.profile,
+                compute_slices=m.compute_slices,
+                memory_bytes=m.memory_bytes,
+            )
+        )
     node_views = tuple(
         NodeView(
             name=n.name,
             schedulable=NodeState(n.state).schedulable,
             devices=tuple(
-                DeviceView(index=g.index, uuid=g.uuid, memory_bytes=g.memory_bytes) for g in n.gpus
+                DeviceView(
+                    index=g.index,
+                    uuid=g.uuid,
+                    memory_bytes=g.memory_bytes,
+                    mig=tuple(mig.get((n.id, g.index), ())),
+                )
+                for g in n.gpus
             ),
             cpu_cores=n.cpu_cores,
             memory_bytes=n.memory_bytes,
@@ -143,16 +186,20 @@ def build_snapshot(session: Session) -> tuple[Snapshot, dict[str, Node]]:
         )
         for p in projects
     )
-    holding = session.execute(
-        select(*_QUEUE_COLUMNS, Job.gpu_ids, Job.node_id).where(
-            Job.state.in_(HOLDING_STATES), Job.preempted_by_id.is_(None)
+    holding: list[Row[Any]] = list(
+        session.execute(
+            select(*_QUEUE_COLUMNS, Job.gpu_ids, Job.node_id, Job.mig_uuid).where(
+                Job.state.in_(HOLDING_STATES), Job.preempted_by_id.is_(None)
+            )
         )
     )
+    gangs = _gang_placements(session, [j.id for j in holding if j.workers > 1], node_by_id)
     running = tuple(
         _job_view(
             j,
             project_names[j.project_id],
             node_by_id[j.node_id].name if j.node_id in node_by_id else None,
+            gangs.get(j.id) if j.workers > 1 else None,
         )
         for j in holding
     )
@@ -164,6 +211,24 @@ def build_snapshot(session: Session) -> tuple[Snapshot, dict[str, Node]]:
     )
     snapshot = Snapshot(nodes=node_views, running=running, pending=pending, projects=project_views)
     return snapshot, nodes
+
+
+def _gang_placements(
+    session: Session, job_ids: list[int], node_by_id: dict[int, Node]
+) -> dict[int, tuple[Placement, ...]]:
+    """Each running gang's worker placements, in rank order."""
+    if not job_ids:
+        return {}
+    placements: dict[int, list[Placement]] = {}
+    for w in session.execute(
+        select(JobWorker.job_id, JobWorker.node_id, JobWorker.gpu_ids)
+        .where(JobWorker.job_id.in_(job_ids))
+        .order_by(JobWorker.job_id, JobWorker.rank)
+    ):
+        node = node_by_id.get(w.node_id) if w.node_id is not None else None
+        if node is not None:
+            placements.setdefault(w.job_id, []).append(Placement(node.name, tuple(w.gpu_ids)))
+    return {job_id: tuple(p) for job_id, p in placements.items()}
 
 
 def _preempt(session: Session, p: Preemption, now: datetime, result: CycleResult) -> None:
@@ -178,9 +243,9 @@ def _preempt(session: Session, p: Preemption, now: datetime, result: CycleResult
         victim.reason = message
     victim.preempted_by_id = by.id
     # Its devices now belong to the job that preempted it (bound below, same transaction).
-    session.execute(delete(GpuAllocation).where(GpuAllocation.job_id == victim.id))
-    if victim.node_id is not None:
-        node = session.get(Node, victim.node_id)
+    release_devices(session, victim)
+    for node_id in job_node_ids(session, victim):
+        node = session.get(Node, node_id)
         assert node is not None
         node.generation += 1
         result.changed_nodes.add(node.id)
@@ -195,41 +260,146 @@ def apply_decisions(
         _preempt(session, preemption, now, result)
     for binding in decisions.bindings:
         job = session.get(Job, binding.job_id)
-        node = nodes.get(binding.node)
-        if job is None or node is None or job.state != JobState.PENDING.value:
+        if job is None or job.state != JobState.PENDING.value:
             continue
+        workers = [(nodes.get(p.node), p) for p in binding.placements]
+        if not workers or any(node is None for node, _ in workers):
+            continue
+        placed = [(node, p) for node, p in workers if node is not None]
         try:
             with session.begin_nested():
-                session.add_all(
-                    GpuAllocation(node_id=node.id, gpu_index=i, job_id=job.id)
-                    for i in binding.gpu_ids
-                )
+                what = _allocate(session, job, placed)
                 session.flush()
-        except IntegrityError:
-            # A policy bug or a race: the device is taken. Leave the job pending.
+        except (IntegrityError, _NoRoom):
+            # A policy bug or a race: a device is taken. Leave the job pending.
             continue
-        job.node_id = node.id
-        job.gpu_ids = list(binding.gpu_ids)
+        first, first_placement = placed[0]
+        job.node_id = first.id
+        job.gpu_ids = list(first_placement.gpu_ids)
         job.attempt += 1
         job.exit_code = None
         job.pid = None
         job.started_at = None
         job.finished_at = None
-        gpus = ",".join(str(i) for i in binding.gpu_ids)
-        what = f"GPUs [{gpus}]" if gpus else "no GPUs"
-        change_state(
-            session,
-            job,
-            JobState.BOUND,
-            now,
-            f"bound to {node.name}, {what} (attempt {job.attempt})",
-        )
-        node.generation += 1
-        result.changed_nodes.add(node.id)
+        job.failed_worker = None
+        change_state(session, job, JobState.BOUND, now, f"bound to {what} (attempt {job.attempt})")
+        for node in {node.id: node for node, _ in placed}.values():
+            node.generation += 1
+            result.changed_nodes.add(node.id)
         result.bound += 1
     _update_reasons(session, decisions.reasons)
     result.pending = len(decisions.reasons)
     return result
+
+
+class _NoRoom(Exception):
+    """A shared GPU has not the memory the binding needs (a policy bug or a race)."""
+
+
+def _allocate(session: Session, job: Job, placed: list[tuple[Node, Placement]]) -> str:
+    """Record the devices of a binding (the database refuses a device that is taken);
+    return where it went, in words for the job's event."""
+    job.mig_uuid = None
+    job.master_port = None
+    if job.workers > 1:
+        return _allocate_gang(session, job, placed)
+    node, placement = placed[0]
+    if placement.mig_slice is not None:
+        return _allocate_mig(session, job, node, placement)
+    if 0 < job.gpus < 1 or job.gpu_memory_bytes is not None:
+        return _allocate_share(session, job, node, placement)
+    session.add_all(
+        GpuAllocation(node_id=node.id, gpu_index=i, job_id=job.id) for i in placement.gpu_ids
+    )
+    gpus = ",".join(str(i) for i in placement.gpu_ids)
+    return f"{node.name}, GPUs [{gpus}]" if gpus else f"{node.name}, no GPUs"
+
+
+def _mark_shared(session: Session, node: Node, gpu: int) -> None:
+    """Mark ``gpu`` shared (its row without a job); refuse it if a job holds it whole."""
+    row = session.get(GpuAllocation, (node.id, gpu))
+    if row is None:
+        session.add(GpuAllocation(node_id=node.id, gpu_index=gpu, job_id=None))
+    elif row.job_id is not None:
+        raise _NoRoom
+
+
+def _allocate_share(session: Session, job: Job, node: Node, placement: Placement) -> str:
+    (gpu,) = placement.gpu_ids
+    memory = next((g.memory_bytes for g in node.gpus if g.index == gpu), 0)
+    need = job.gpu_memory_bytes if job.gpu_memory_bytes is not None else int(job.gpus * memory)
+    used = session.scalar(
+        select(func.coalesce(func.sum(GpuShare.memory_bytes), 0)).where(
+            GpuShare.node_id == node.id, GpuShare.gpu_index == gpu
+        )
+    )
+    if int(used or 0) + need > memory:
+        raise _NoRoom
+    _mark_shared(session, node, gpu)
+    session.add(GpuShare(job_id=job.id, node_id=node.id, gpu_index=gpu, memory_bytes=need))
+    share = f"{job.gpus:g} of it" if job.gpu_memory_bytes is None else "a share"
+    return f"{node.name}, GPU {gpu} shared ({share}: {need / 1024**3:.1f} GiB)"
+
+
+def _allocate_mig(session: Session, job: Job, node: Node, placement: Placement) -> str:
+    instance = session.scalar(
+        select(MigInstance).where(
+            MigInstance.node_id == node.id, MigInstance.uuid == placement.mig_slice
+        )
+    )
+    if instance is None:
+        raise _NoRoom
+    _mark_shared(session, node, instance.gpu_index)
+    session.add(
+        GpuShare(
+            job_id=job.id,
+            node_id=node.id,
+            gpu_index=instance.gpu_index,
+            memory_bytes=instance.memory_bytes,
+            mig_uuid=instance.uuid,
+        )
+    )
+    job.mig_uuid = instance.uuid
+    return (
+        f"{node.name}, MIG {instance.profile} instance {instance.uuid} of GPU {instance.gpu_index}"
+    )
+
+
+def _allocate_gang(session: Session, job: Job, placed: list[tuple[Node, Placement]]) -> str:
+    session.execute(delete(JobWorker).where(JobWorker.job_id == job.id))
+    for rank, (node, placement) in enumerate(placed):
+        session.add_all(
+            GpuAllocation(node_id=node.id, gpu_index=i, job_id=job.id) for i in placement.gpu_ids
+        )
+        session.add(
+            JobWorker(
+                job_id=job.id,
+                rank=rank,
+                node_id=node.id,
+                gpu_ids=list(placement.gpu_ids),
+                state="bound",
+            )
+        )
+    job.master_port = _free_master_port(session, placed[0][0])
+    spread = ", ".join(f"{name} x{n}" for name, n in Counter(n.name for n, _ in placed).items())
+    return f"{len(placed)} workers on {spread} (rendezvous port {job.master_port})"
+
+
+def _free_master_port(session: Session, node: Node) -> int:
+    """The lowest rendezvous port no live gang whose first worker is on ``node`` uses."""
+    used = set(
+        session.scalars(
+            select(Job.master_port).where(
+                Job.node_id == node.id,
+                Job.state.in_(HOLDING_STATES),
+                Job.master_port.is_not(None),
+            )
+        )
+    )
+    for port in range(MASTER_PORT_BASE, MASTER_PORT_BASE + MASTER_PORTS):
+        if port not in used:
+            return port
+    raise _NoRoom
 
 
 def _update_reasons(session: Session, reasons: dict[int, str]) -> None:
