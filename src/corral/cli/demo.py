@@ -64,8 +64,8 @@ def demo(state: CliState, port: int) -> None:
     """Run a demo cluster with simulated GPUs and a workload.
 
     Starts a server and three agents (2 nodes with 8 A100s, 1 with 4 RTX 4090s, all
-    simulated), creates projects team-a/b/c and users alice and bob, and submits a
-    dozen jobs — some run, some wait, one fails. The jobs are real processes on this
+    simulated), creates projects team-a/b/c and users alice and bob, and submits
+    fifteen jobs — some run, some wait, one fails. The jobs are real processes on this
     machine. Everything lives in $CORRAL_HOME/demo, which is wiped at every start.
     """
     check_port_free(port)
@@ -114,6 +114,8 @@ real processes on this machine. Try:
   corral nodes                        # the nodes and their (simulated) GPUs
   corral list                         # every job; REASON says why one waits
   corral get gpt-pretrain             # a job waiting for a whole node, and its events
+  corral get ddp-2x2                  # a gang: where each worker runs
+  corral logs ddp-2x2 --rank 1        # the second worker's output
   corral logs -f llama-finetune       # follow a job's output (Ctrl-C to stop)
   corral project list
   CORRAL_TOKEN=$(cat {alice}) corral list          # what alice sees

@@ -1,10 +1,12 @@
 """The scripted multi-team workload of ``corral demo``.
 
-Three projects, two researchers, and a dozen jobs sized so that the simulated cluster
+Three projects, two researchers, and fifteen jobs sized so that the simulated cluster
 (2 nodes x 8 A100 + 1 node x 4 RTX 4090 = 20 GPUs) fills up at once: most jobs start,
 one fails after a few seconds, and the rest wait — among them an 8-GPU job that starts
-only when a whole node frees up. The jobs are short shell loops that print training-like
-progress, so `corral logs -f` has something to show; all end within ten minutes.
+only when a whole node frees up. Two evaluation jobs share one GPU (0.5 each), and a
+gang of two workers starts both or neither. The jobs are short shell loops that print
+training-like progress, so `corral logs -f` has something to show; all end within ten
+minutes.
 """
 
 from __future__ import annotations
@@ -73,13 +75,14 @@ class DemoJob:
     name: str
     user: str
     project: str
-    gpus: int
+    gpus: float
     epochs: int
     step_seconds: float
     script: str = TRAIN_SCRIPT
     kind: JobKind = JobKind.TRAIN
     cpus: float | None = None
     env: dict[str, str] = field(default_factory=dict)
+    workers: int = 1
 
     def request(self, seed: int) -> JobSubmit:
         return JobSubmit(
@@ -87,6 +90,7 @@ class DemoJob:
             project=self.project,
             kind=self.kind,
             gpus=self.gpus,
+            workers=self.workers,
             cpus=self.cpus,
             command=["sh", "-c", self.script],
             env={
@@ -99,7 +103,9 @@ class DemoJob:
 
     def describe(self) -> str:
         what = "interactive, " if self.kind is JobKind.INTERACTIVE else ""
-        gpus = f"{self.gpus} GPU{'s' if self.gpus != 1 else ''}" if self.gpus else "CPU only"
+        gpus = f"{self.gpus:g} GPU{'s' if self.gpus != 1 else ''}" if self.gpus else "CPU only"
+        if self.workers > 1:
+            gpus = f"{self.workers} workers x {gpus}"
         return f"{self.user} → {self.project}/{self.name} ({what}{gpus})"
 
 
@@ -126,6 +132,9 @@ JOBS: tuple[DemoJob, ...] = (
     DemoJob("vit-small", "bob", "team-c", 2, 30, 2),
     DemoJob("sweep-lr-3e-4", "alice", "team-b", 1, 20, 2),
     DemoJob("whisper-asr", "bob", "team-b", 2, 40, 3),
+    DemoJob("eval-half-a", "bob", "team-c", 0.5, 30, 2),  # these two share one GPU
+    DemoJob("eval-half-b", "bob", "team-c", 0.5, 30, 2),
+    DemoJob("ddp-2x2", "alice", "team-a", 2, 40, 3, workers=2),  # a gang: both or neither
 )
 
 

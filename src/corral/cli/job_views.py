@@ -8,6 +8,7 @@ from __future__ import annotations
 import shlex
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Protocol
 
 import click
 
@@ -47,17 +48,30 @@ def gpus_cell(job: JobOut) -> str:
     ``mig 1g.10gb (0)``: one MIG instance of GPU 0; ``4x8``: a gang of 4 workers of 8
     GPUs each (`corral get` lists where each worker runs).
     """
+    asked = asked_cell(job)
+    if job.workers > 1:
+        return asked
+    if job.gpu_ids:
+        return f"{asked} ({','.join(str(i) for i in job.gpu_ids)})"
+    return asked
+
+
+class _Asks(Protocol):
+    gpus: float
+    gpu_memory_bytes: int | None
+    mig_profile: str | None
+    workers: int
+
+
+def asked_cell(job: _Asks) -> str:
+    """What a job asks for: ``2``, ``0.5``, ``20GiB``, ``mig 1g.10gb``, ``4x8`` (a gang)."""
     if job.mig_profile is not None:
         asked = f"mig {job.mig_profile}"
     elif job.gpu_memory_bytes is not None:
         asked = format_bytes(job.gpu_memory_bytes).replace(" ", "")
     else:
         asked = number(job.gpus)
-    if job.workers > 1:
-        return f"{job.workers}x{asked}"
-    if job.gpu_ids:
-        return f"{asked} ({','.join(str(i) for i in job.gpu_ids)})"
-    return asked
+    return f"{job.workers}x{asked}" if job.workers > 1 else asked
 
 
 def node_cell(job: JobOut) -> str:

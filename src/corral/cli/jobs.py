@@ -10,8 +10,8 @@ import click
 from pydantic import ValidationError
 
 from corral.cli.config import CliState, pass_state
-from corral.cli.job_views import print_job, print_jobs
-from corral.cli.output import number, output_option, parse, print_data, print_empty, print_table
+from corral.cli.job_views import asked_cell, print_job, print_jobs
+from corral.cli.output import output_option, parse, print_data, print_empty, print_table
 from corral.cli.params import (
     DURATION,
     JOB_NAME,
@@ -434,7 +434,7 @@ def queue(state: CliState, project: str | None, output: str) -> None:
                 e.user,
                 e.kind.value,
                 str(e.priority),
-                number(e.gpus),
+                asked_cell(e),
                 format_duration(e.waiting_seconds),
                 e.reason or "-",
             ]

@@ -190,6 +190,9 @@ class QueueEntry(BaseModel):
     kind: JobKind
     priority: int
     gpus: float
+    gpu_memory_bytes: int | None = None
+    mig_profile: str | None = None
+    workers: int = 1
     waiting_seconds: float
     reason: str | None
 

@@ -62,17 +62,19 @@ def test_run_workload_creates_everything_and_submits_as_each_user(
     assert files["alice"].read_text() == "t-alice\n"
     assert stat.S_IMODE(files["bob"].stat().st_mode) == 0o600
     submitted = [r for r in api.requests if r.url.path == "/api/v1/jobs"]
-    assert len(submitted) == len(JOBS) == 12
+    assert len(submitted) == len(JOBS) == 15
     for request, job in zip(submitted, JOBS, strict=True):
         body = json.loads(request.content)
         assert body["name"] == job.name
         assert body["project"] in MEMBERS[job.user]  # submitted where the user is a member
         assert request.headers["Authorization"] == f"Bearer t-{job.user}"
-    assert "Submitting 12 jobs" in lines
+    assert "Submitting 15 jobs" in lines
 
 
 def test_one_job_asks_for_a_whole_node_and_one_fails() -> None:
     assert any(job.gpus == 8 for job in JOBS)
+    assert sum(job.gpus == 0.5 for job in JOBS) == 2  # two jobs share a GPU
+    assert any(job.workers > 1 for job in JOBS)  # a gang
     assert sum(job.script is FAILING_SCRIPT for job in JOBS) == 1
     assert len({job.name for job in JOBS}) == len(JOBS)
 

@@ -326,3 +326,35 @@ def test_get_of_a_gang_lists_its_workers(run: Runner, api: FakeApi) -> None:
     assert rows[0].split() == ["RANK", "NODE", "GPUS", "STATE", "PID", "EXIT", "CODE"]
     assert rows[1].split() == ["0", "node-1", "0,1", "running", "11", "-"]
     assert rows[2].split() == ["1", "node-2", "4,5", "exited", "12", "0"]
+
+
+def test_queue_shows_order_shapes_and_reasons(run: Runner, api: FakeApi) -> None:
+    def entry(position: int, name: str, **fields: object) -> dict[str, object]:
+        return {
+            "position": position, "name": name, "project": "team-a", "user": "alice",
+            "kind": "train", "priority": 0, "gpus": 0, "waiting_seconds": 125,
+            "reason": "waiting for reclaim", **fields,
+        }  # fmt: skip
+
+    api.on(
+        "GET",
+        "/queue",
+        json={
+            "jobs": [
+                entry(1, "gang", gpus=4, workers=2, reason="gang needs 2 nodes with 4 free GPUs"),
+                entry(2, "half", gpus=0.5),
+                entry(3, "mem", gpu_memory_bytes=20 * 1024**3),
+                entry(4, "tiny", mig_profile="1g.10gb", reason=None),
+            ]
+        },
+    )
+    result = run("queue")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == [
+        "#", "NAME", "PROJECT", "USER", "KIND", "PRIORITY", "GPUS", "WAITING", "REASON",
+    ]  # fmt: skip
+    assert lines[1].split()[:7] == ["1", "gang", "team-a", "alice", "train", "0", "2x4"]
+    assert lines[1].endswith("gang needs 2 nodes with 4 free GPUs")
+    assert [line.split()[6] for line in lines[2:5]] == ["0.5", "20GiB", "mig"]
+    assert "1g.10gb" in lines[4] and lines[4].rstrip().endswith("-")

@@ -401,6 +401,9 @@ def queue_out(pending: list[Job], order: list[int], now: datetime) -> schemas.Qu
                 kind=JobKind(j.kind),
                 priority=j.priority,
                 gpus=j.gpus,
+                gpu_memory_bytes=j.gpu_memory_bytes,
+                mig_profile=j.mig_profile,
+                workers=j.workers,
                 waiting_seconds=max(0.0, (now - j.created_at).total_seconds()),
                 reason=shown_reason(j),
             )

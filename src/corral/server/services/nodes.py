@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import bindparam, or_, select
 from sqlalchemy.orm import Session, lazyload
 
 from corral.core import schemas
@@ -406,27 +406,33 @@ _ASSIGNMENT_COLUMNS = (
 )
 
 
+# Built once: constructing these selects costs more than running them, and every sync of
+# every agent runs both.
+_ONE_WORKER_JOBS = (
+    select(*_ASSIGNMENT_COLUMNS, Job.gpu_ids)
+    .join(Project, Project.id == Job.project_id)
+    .join(User, User.id == Job.user_id)
+    .where(Job.node_id == bindparam("node_id"), Job.state.in_(HOLDING_STATES), Job.workers == 1)
+    .order_by(Job.id)
+)
+_GANG_WORKERS = (
+    select(*_ASSIGNMENT_COLUMNS, JobWorker.rank, JobWorker.gpu_ids.label("worker_gpus"))
+    .join(Job, Job.id == JobWorker.job_id)
+    .join(Project, Project.id == Job.project_id)
+    .join(User, User.id == Job.user_id)
+    .where(JobWorker.node_id == bindparam("node_id"), Job.state.in_(HOLDING_STATES))
+    .order_by(Job.id, JobWorker.rank)
+)
+
+
 def desired_state(session: Session, node: Node, now: datetime) -> schemas.SyncResponse:
     # Every agent's every sync: plain rows of what an assignment needs, not ORM objects.
     # One-worker jobs on this node, then the workers of gangs that have some here.
+    here = {"node_id": node.id}
     units: list[tuple[Any, int, list[int]]] = [
-        (j, 0, list(j.gpu_ids))
-        for j in session.execute(
-            select(*_ASSIGNMENT_COLUMNS, Job.gpu_ids)
-            .join(Project, Project.id == Job.project_id)
-            .join(User, User.id == Job.user_id)
-            .where(Job.node_id == node.id, Job.state.in_(HOLDING_STATES), Job.workers == 1)
-            .order_by(Job.id)
-        )
+        (j, 0, list(j.gpu_ids)) for j in session.execute(_ONE_WORKER_JOBS, here)
     ]
-    gang_rows = session.execute(
-        select(*_ASSIGNMENT_COLUMNS, JobWorker.rank, JobWorker.gpu_ids.label("worker_gpus"))
-        .join(Job, Job.id == JobWorker.job_id)
-        .join(Project, Project.id == Job.project_id)
-        .join(User, User.id == Job.user_id)
-        .where(JobWorker.node_id == node.id, Job.state.in_(HOLDING_STATES))
-        .order_by(Job.id, JobWorker.rank)
-    ).all()
+    gang_rows = session.execute(_GANG_WORKERS, here).all()
     units.extend((g, g.rank, list(g.worker_gpus)) for g in gang_rows)
     masters: dict[int, str] = {}
     if gang_rows:
