@@ -221,6 +221,9 @@ def test_a_gang_runs_one_worker_per_placement_and_succeeds_when_all_exit_zero(
     server.cycle()
     job = server.job("gang")
     assert job["state"] == "bound" and job["workers"] == 2
+    assert job["events"][-1]["message"] == (
+        "bound to 2 workers on n1 [0,1,2,3], n2 [0,1,2,3], rendezvous port 29500 (attempt 1)"
+    )
     assert [(w["rank"], w["node"], w["gpu_ids"]) for w in job["worker_list"]] == [
         (0, "n1", [0, 1, 2, 3]),
         (1, "n2", [0, 1, 2, 3]),

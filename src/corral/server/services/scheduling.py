@@ -14,7 +14,6 @@ devices are already counted for the job that replaces it.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -381,8 +380,11 @@ def _allocate_gang(session: Session, job: Job, placed: list[tuple[Node, Placemen
             )
         )
     job.master_port = _free_master_port(session, placed[0][0])
-    spread = ", ".join(f"{name} x{n}" for name, n in Counter(n.name for n, _ in placed).items())
-    return f"{len(placed)} workers on {spread} (rendezvous port {job.master_port})"
+    on: dict[str, list[str]] = {}
+    for node, placement in placed:
+        on.setdefault(node.name, []).append("[" + ",".join(map(str, placement.gpu_ids)) + "]")
+    spread = ", ".join(f"{name} {' '.join(gpus)}" for name, gpus in on.items())
+    return f"{len(placed)} workers on {spread}, rendezvous port {job.master_port}"
 
 
 def _free_master_port(session: Session, node: Node) -> int:
