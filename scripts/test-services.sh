@@ -1,36 +1,109 @@
 #!/usr/bin/env bash
 # Make sure the programs the test suite needs are installed. Called by `make test`.
 #
-# Today that is PostgreSQL: the suite runs every database test on SQLite *and*
-# PostgreSQL, and starts its own private, throw-away PostgreSQL server per test
-# session (tests/support/postgres.py). So this script only *installs* the server
-# binaries; it never starts a server -- the machines are shared, and a system
-# cluster on port 5432 is exactly what the tests avoid.
+# Today that is:
 #
-# When PostgreSQL is missing and cannot be installed (not root, apt fails), it
-# prints a loud warning and exits 0: the PostgreSQL tests will then be skipped,
-# and pytest repeats the warning in its summary. It never fails the build by
-# itself. Idempotent; takes milliseconds when everything is present.
+# - PostgreSQL: the suite runs every database test on SQLite *and* PostgreSQL, and
+#   starts its own private, throw-away PostgreSQL server per test session
+#   (tests/support/postgres.py).
+# - Prometheus (the Debian package `prometheus`): tests/e2e/test_prometheus_e2e.py
+#   starts a private Prometheus server that scrapes a test Corral server's /metrics.
+#
+# So this script only *installs* binaries; it never starts a server -- the machines
+# are shared, and a system PostgreSQL on port 5432 or Prometheus on port 9090 is
+# exactly what the tests avoid.
+#
+# When something is missing and cannot be installed (not root, no apt, apt fails),
+# it prints a loud warning and carries on (exit 0): the tests that need it will then
+# be skipped, and pytest repeats the warning in its summary or skip reasons. It never
+# fails the build by itself. Idempotent; takes milliseconds when everything is present.
 set -euo pipefail
 
 PG_LIB=/usr/lib/postgresql
 
 log() { printf 'test-services: %s\n' "$*"; }
 
+# warn_loud WHAT WHY FIX-LINE...: a banner that is hard to miss in CI logs.
 warn_loud() {
+    local what=$1 why=$2 line
+    shift 2
     {
         echo
         echo "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"
-        echo "!! WARNING: PostgreSQL is NOT installed, and this script could not install it:"
-        echo "!!     $1"
-        echo "!! Every PostgreSQL test will be SKIPPED: the PostgreSQL back-end is UNTESTED."
-        echo "!! Fix: run scripts/test-services.sh as root on a machine that can reach the"
-        echo "!!      Debian package mirror (it runs: apt-get install postgresql),"
-        echo "!!      or install PostgreSQL so that $PG_LIB/<version>/bin/initdb exists."
+        echo "!! WARNING: $what is NOT installed, and this script could not install it:"
+        echo "!!     $why"
+        for line in "$@"; do
+            echo "!! $line"
+        done
         echo "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"
         echo
     } >&2
 }
+
+warn_postgres() {
+    warn_loud PostgreSQL "$1" \
+        "Every PostgreSQL test will be SKIPPED: the PostgreSQL back-end is UNTESTED." \
+        "Fix: run scripts/test-services.sh as root on a machine that can reach the" \
+        "     Debian package mirror (it runs: apt-get install postgresql)," \
+        "     or install PostgreSQL so that $PG_LIB/<version>/bin/initdb exists."
+}
+
+warn_prometheus() {
+    warn_loud Prometheus "$1" \
+        "The Prometheus scrape test (tests/e2e/test_prometheus_e2e.py) will be SKIPPED:" \
+        "/metrics is UNTESTED against a real Prometheus server." \
+        "Fix: run scripts/test-services.sh as root on a machine that can reach the" \
+        "     Debian package mirror (it runs: apt-get install prometheus)," \
+        "     or put a \`prometheus\` binary on PATH."
+}
+
+# Why we cannot install with apt here (not root, no apt-get), or nothing if we can.
+cannot_apt() {
+    if [[ $(id -u) -ne 0 ]]; then
+        echo "installing needs root (we are $(id -un))"
+    elif ! command -v apt-get >/dev/null; then
+        echo "there is no apt-get on this machine"
+    fi
+}
+
+# apt would otherwise start (and enable) the distribution's services (PostgreSQL on
+# port 5432, Prometheus on 9090) as part of the install; a policy-rc.d that answers
+# 101 forbids that. An existing policy-rc.d (Docker images ship one) is left alone.
+POLICY=/usr/sbin/policy-rc.d
+POLICY_OURS=0
+remove_policy() { [[ $POLICY_OURS -eq 1 ]] && rm -f "$POLICY"; return 0; }
+trap remove_policy EXIT
+
+APT_UPDATED=0
+APT_ERROR=""
+
+# apt_install PACKAGE...: apt-get update (once per run), then install, quietly; on
+# failure print the log's tail, set APT_ERROR and return 1. (Not to be called in a
+# subshell: it sets APT_UPDATED and POLICY_OURS for the rest of the run.)
+apt_install() {
+    local aptlog
+    aptlog=$(mktemp -t corral-apt-XXXXXX.log)
+    if [[ ! -e $POLICY ]]; then
+        printf '#!/bin/sh\n# temporary, from corral scripts/test-services.sh\nexit 101\n' >"$POLICY"
+        chmod 755 "$POLICY"
+        POLICY_OURS=1
+    fi
+    log "$* missing; installing with apt-get (log: $aptlog) ..."
+    if ! {
+        if [[ $APT_UPDATED -eq 0 ]]; then
+            apt-get -q -o DPkg::Lock::Timeout=300 update && APT_UPDATED=1
+        fi &&
+            DEBIAN_FRONTEND=noninteractive apt-get -q -y -o DPkg::Lock::Timeout=300 \
+                install --no-install-recommends "$@"
+    } >"$aptlog" 2>&1; then
+        tail -n 15 "$aptlog" >&2 || true
+        APT_ERROR="apt-get failed (see $aptlog)"
+        return 1
+    fi
+    rm -f "$aptlog"
+}
+
+# ---------------------------------------------------------------- PostgreSQL
 
 # The newest $PG_LIB/<version>/bin that has initdb, or nothing.
 pg_bindir() {
@@ -42,59 +115,61 @@ pg_bindir() {
     return 0
 }
 
-# apt would otherwise start (and enable) the distribution's cluster on port 5432
-# as part of the install; a policy-rc.d that answers 101 forbids that. An existing
-# policy-rc.d (Docker images ship one) is left alone.
-POLICY=/usr/sbin/policy-rc.d
-remove_policy() { rm -f "$POLICY"; }
-
-install_postgres() {
-    local aptlog
-    aptlog=$(mktemp -t corral-apt-XXXXXX.log)
-    if [[ ! -e $POLICY ]]; then
-        printf '#!/bin/sh\n# temporary, from corral scripts/test-services.sh\nexit 101\n' >"$POLICY"
-        chmod 755 "$POLICY"
-        trap remove_policy EXIT
-    fi
-    log "PostgreSQL missing; installing it with apt-get (log: $aptlog) ..."
-    if ! {
-        apt-get -q -o DPkg::Lock::Timeout=300 update &&
-            DEBIAN_FRONTEND=noninteractive apt-get -q -y -o DPkg::Lock::Timeout=300 \
-                install --no-install-recommends postgresql
-    } >"$aptlog" 2>&1; then
-        tail -n 15 "$aptlog" >&2 || true
-        warn_loud "apt-get failed (see $aptlog)"
-        return 1
-    fi
-    rm -f "$aptlog"
-}
-
-bindir=$(pg_bindir)
-if [[ -z $bindir ]]; then
-    if [[ $(id -u) -ne 0 ]]; then
-        warn_loud "no $PG_LIB/*/bin/initdb, and installing needs root (we are $(id -un))"
-        exit 0
-    fi
-    if ! command -v apt-get >/dev/null; then
-        warn_loud "no $PG_LIB/*/bin/initdb, and there is no apt-get on this machine"
-        exit 0
-    fi
-    install_postgres || exit 0
+ensure_postgres() {
+    local bindir why
     bindir=$(pg_bindir)
     if [[ -z $bindir ]]; then
-        warn_loud "apt-get installed postgresql, but there is still no $PG_LIB/*/bin/initdb"
-        exit 0
+        why=$(cannot_apt)
+        if [[ -n $why ]]; then
+            warn_postgres "no $PG_LIB/*/bin/initdb, and $why"
+            return 0
+        fi
+        if ! apt_install postgresql; then
+            warn_postgres "$APT_ERROR"
+            return 0
+        fi
+        bindir=$(pg_bindir)
+        if [[ -z $bindir ]]; then
+            warn_postgres "apt-get installed postgresql, but there is still no $PG_LIB/*/bin/initdb"
+            return 0
+        fi
     fi
-fi
 
-# initdb refuses to run as root, so as root the tests run the server as `postgres`.
-if [[ $(id -u) -eq 0 ]] && ! id -u postgres >/dev/null 2>&1; then
-    log "creating the 'postgres' system user (the tests run initdb/postgres as it, not as root)"
-    if ! useradd --system --user-group --home-dir /var/lib/postgresql \
-        --shell /usr/sbin/nologin postgres; then
-        warn_loud "there is no 'postgres' user to run the server as, and useradd failed"
-        exit 0
+    # initdb refuses to run as root, so as root the tests run the server as `postgres`.
+    if [[ $(id -u) -eq 0 ]] && ! id -u postgres >/dev/null 2>&1; then
+        log "creating the 'postgres' system user (the tests run initdb/postgres as it, not as root)"
+        if ! useradd --system --user-group --home-dir /var/lib/postgresql \
+            --shell /usr/sbin/nologin postgres; then
+            warn_postgres "there is no 'postgres' user to run the server as, and useradd failed"
+            return 0
+        fi
     fi
-fi
 
-log "PostgreSQL $(basename "$(dirname "$bindir")") ready ($bindir); the tests start their own server"
+    log "PostgreSQL $(basename "$(dirname "$bindir")") ready ($bindir); the tests start their own server"
+}
+
+# ---------------------------------------------------------------- Prometheus
+
+ensure_prometheus() {
+    local why
+    if ! command -v prometheus >/dev/null; then
+        why=$(cannot_apt)
+        if [[ -n $why ]]; then
+            warn_prometheus "no \`prometheus\` on PATH, and $why"
+            return 0
+        fi
+        if ! apt_install prometheus; then
+            warn_prometheus "$APT_ERROR"
+            return 0
+        fi
+        if ! command -v prometheus >/dev/null; then
+            warn_prometheus "apt-get installed prometheus, but there is still no \`prometheus\` on PATH"
+            return 0
+        fi
+    fi
+    log "Prometheus $(prometheus --version 2>&1 | awk 'NR == 1 { print $3 }') ready" \
+        "($(command -v prometheus)); the tests start their own server"
+}
+
+ensure_postgres
+ensure_prometheus

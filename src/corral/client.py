@@ -78,6 +78,7 @@ class ApiClient:
         json: Any = None,
         params: dict[str, Any] | None = None,
         content: bytes | None = None,
+        headers: dict[str, str] | None = None,
         timeout: float | None = None,
     ) -> Any:
         """Send one request; return the decoded JSON body (None for an empty body).
@@ -86,7 +87,13 @@ class ApiClient:
         server cannot be reached.
         """
         response = self._send(
-            method, path, json=json, params=params, content=content, timeout=timeout
+            method,
+            path,
+            json=json,
+            params=params,
+            content=content,
+            headers=headers,
+            timeout=timeout,
         )
         if not response.content:
             return None

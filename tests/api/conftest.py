@@ -125,4 +125,4 @@ def server(database_url: str, tmp_path: Path) -> Iterator[Harness]:
     app = create_app(ctx, run_loops=False)
     with TestClient(app) as http:
         yield Harness(ctx, http, clock, boot.admin_token, boot.join_token)
-    ctx.db.dispose()
+    ctx.dispose()

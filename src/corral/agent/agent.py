@@ -5,7 +5,9 @@ Threads (all daemons, all stopped by one event):
 
 - watcher and reporter (`corral.agent.sync`): long-poll for desired state, send reports;
 - supervisor (`corral.agent.supervisor`): start, stop and watch jobs;
-- log shipper (`corral.agent.logship`): send job output.
+- log shipper (`corral.agent.logship`): send job output;
+- sampler and metrics shipper (`corral.agent.collector`): monitoring, every second;
+- disk-usage scanner (`corral.agent.diskusage`), at low priority, when paths are given.
 
 Stopping the agent leaves its jobs running (each is in its own session); the next agent
 run re-adopts them from their job directories.
@@ -24,8 +26,12 @@ from types import FrameType
 from typing import TextIO
 
 from corral import __version__, paths
+from corral.agent.attribution import DEFAULT_USER_PATTERN, Attributor
+from corral.agent.collector import Sampler, Shipper
 from corral.agent.config import AgentConfig
+from corral.agent.diskusage import DiskUsageScanner
 from corral.agent.gpus import GpuBackend, open_backend
+from corral.agent.hostmetrics import HostCollector
 from corral.agent.inventory import host_inventory
 from corral.agent.jobdirs import describe
 from corral.agent.logship import LogShipping
@@ -117,6 +123,9 @@ class Agent:
         )
         self.desired = DesiredState(on_change=self._wake_supervisor)
         self._threads: list[threading.Thread] = []
+        self.sampler: Sampler | None = None
+        self.metrics: Shipper | None = None
+        self._disk: DiskUsageScanner | None = None
 
     @property
     def node_token_path(self) -> Path:
@@ -199,12 +208,14 @@ class Agent:
             on_fatal=self._fail,
             backoff=self._new_backoff,
         )
-        for name, body in (
+        threads: list[tuple[str, Callable[[threading.Event], None]]] = [
             ("supervisor", self.supervisor.run),
             ("logs", self._logs.run),
             ("reporter", syncer.report),
             ("watcher", syncer.watch),
-        ):
+        ]
+        threads += self._monitoring(self._gpus)
+        for name, body in threads:
             thread = threading.Thread(
                 target=self._guarded, args=(name, body), name=f"corral-agent-{name}", daemon=True
             )
@@ -212,11 +223,47 @@ class Agent:
             self._threads.append(thread)
         return True
 
+    def _monitoring(self, gpus: GpuBackend) -> list[tuple[str, Callable[[threading.Event], None]]]:
+        """The monitoring threads (none when ``metrics_interval`` is 0)."""
+        config = self.config
+        if config.metrics_interval <= 0:
+            self.say("monitoring is off (--metrics-interval 0)")
+            return []
+        supervisor = self.supervisor
+        assert supervisor is not None
+        self._disk = (
+            DiskUsageScanner(config.disk_usage_paths, period=config.disk_usage_period)
+            if config.disk_usage_paths
+            else None
+        )
+        if self._disk is not None:
+            self._disk.start()
+        self.sampler = Sampler(
+            gpus,
+            sessions=supervisor.sessions,
+            host=HostCollector(),
+            attributor=Attributor(
+                user_pattern=config.container_user_pattern or DEFAULT_USER_PATTERN
+            ),
+            interval=config.metrics_interval,
+        )
+        self.metrics = Shipper(
+            self.client,
+            self.sampler,
+            disk=self._disk,
+            push_seconds=config.metrics_push,
+            backoff=self._new_backoff(),
+            say=self.say,
+        )
+        return [("sampler", self.sampler.run), ("metrics", self.metrics.run)]
+
     def shutdown(self) -> list[JobHandle]:
         """Stop the threads, leave the jobs running; returns (and says) what is left."""
         self.stop_event.set()
         self._wake_supervisor()
         self._logs.wake()
+        if self._disk is not None:
+            self._disk.stop()
         # The watcher may sit in a long poll: it is a daemon and is not waited for.
         for thread in self._threads:
             if thread.name != "corral-agent-watcher":

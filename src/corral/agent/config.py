@@ -22,6 +22,12 @@ class AgentConfig:
     - ``pool``: the node pool this node belongs to.
     - ``address``: where other nodes reach this one (gangs' MASTER_ADDR); None: the
       host name.
+    - ``metrics_interval``: seconds between monitoring samples (0: no monitoring);
+      ``metrics_push``: seconds between batches sent to the server.
+    - ``disk_usage_paths``: paths whose per-user disk usage is scanned (e.g. /home),
+      every ``disk_usage_period`` seconds, at low priority.
+    - ``container_user_pattern``: regex with a ``user`` group matched at the start of a
+      Docker container's name, to name the user of containers Corral did not start.
     - ``grace_seconds``: default time between SIGTERM and SIGKILL.
     - ``log_flush_seconds``: how often job output is shipped to the server.
     """
@@ -35,5 +41,10 @@ class AgentConfig:
     allow_root_jobs: bool = False
     pool: str = "default"
     address: str | None = None
+    metrics_interval: float = 1.0
+    metrics_push: float = 2.0
+    disk_usage_paths: list[str] = field(default_factory=list)
+    disk_usage_period: float = 3600.0
+    container_user_pattern: str | None = None
     grace_seconds: float = 10.0
     log_flush_seconds: float = 0.5

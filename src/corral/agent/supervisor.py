@@ -87,6 +87,9 @@ class Supervisor:
         self._clock = clock
         self._wall = wall
         self._live: dict[JobKey, _Live] = {}
+        # Session id (the worker's shim pid) -> (job id, rank) of the workers alive here,
+        # replaced whole on every change so other threads (monitoring) can read it.
+        self._sessions: dict[int, tuple[int, int]] = {}
         self._finished: dict[JobKey, float] = {}  # key → wall time it finished
         self._max_attempt: dict[int, int] = {}
         self._said: set[tuple[str, JobKey]] = set()
@@ -108,6 +111,7 @@ class Supervisor:
             key = handle.key  # its meta.json, which the agent wrote, names the worker
             self._note_attempt(key)
             self._live[key] = _Live(handle)
+            self._publish_sessions()
             self.logs.add(key, directory)
             self._say(f"{_job(handle)}: re-adopted after the agent restarted (pid {handle.pid})")
 
@@ -132,6 +136,17 @@ class Supervisor:
         if self._clock() >= self._next_prune:
             self._prune()
         self.ticks += 1
+
+    def sessions(self) -> dict[int, tuple[int, int]]:
+        """Session id -> (job id, rank) of every worker alive here; safe from any thread."""
+        return self._sessions
+
+    def _publish_sessions(self) -> None:
+        self._sessions = {
+            live.handle.pid: (key.job_id, key.rank)
+            for key, live in self._live.items()
+            if live.handle.pid is not None
+        }
 
     def running(self) -> list[JobHandle]:
         """Jobs supervised now (read it from the supervisor thread, or after it ended)."""
@@ -202,6 +217,7 @@ class Supervisor:
             self._failed(key, a, f"internal error in the agent: {exc!r}")
             return
         self._live[key] = _Live(handle)
+        self._publish_sessions()
         self.logs.add(key, handle.job_dir)
         self._report(key, "running", pid=handle.pid)
         gpus = ",".join(map(str, a.gpu_ids)) or "none"
@@ -231,6 +247,7 @@ class Supervisor:
                 continue
             if result is not None:
                 del self._live[key]
+                self._publish_sessions()
                 self._ended(live.handle, result)
 
     def _ended(self, handle: JobHandle, result: JobExit) -> None:

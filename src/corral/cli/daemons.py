@@ -86,6 +86,42 @@ Examples:
     help="Let recent GPU usage break ties between projects, decaying with this half-life "
     "(e.g. 7d), as Slurm's fair-share does. [default: off]",
 )
+@click.option(
+    "--metrics-database-url",
+    metavar="URL",
+    help="Where monitoring history goes. [default: metrics.db in the data directory with "
+    "SQLite; the main database with PostgreSQL]",
+)
+@click.option(
+    "--metrics-raw-retention",
+    type=DURATION,
+    metavar="DURATION",
+    default=_SERVER_DEFAULTS.metrics_raw_retention,
+    show_default=format_duration(_SERVER_DEFAULTS.metrics_raw_retention),
+    help="How long raw (1-second) samples are kept.",
+)
+@click.option(
+    "--metrics-minute-retention",
+    type=DURATION,
+    metavar="DURATION",
+    default=_SERVER_DEFAULTS.metrics_minute_retention,
+    show_default=format_duration(_SERVER_DEFAULTS.metrics_minute_retention),
+    help="How long 1-minute averages are kept.",
+)
+@click.option(
+    "--metrics-hour-retention",
+    type=DURATION,
+    metavar="DURATION",
+    default=_SERVER_DEFAULTS.metrics_hour_retention,
+    show_default=format_duration(_SERVER_DEFAULTS.metrics_hour_retention),
+    help="How long 1-hour averages are kept.",
+)
+@click.option(
+    "--metrics-require-token",
+    is_flag=True,
+    help="Make /metrics (Prometheus) require an API token, as the rest of the API does. "
+    "[default: open, as node_exporter and dcgm-exporter are]",
+)
 def server(
     host: str,
     port: int,
@@ -94,6 +130,11 @@ def server(
     node_not_ready_after: float,
     node_down_after: float,
     fair_share_half_life: float | None,
+    metrics_database_url: str | None,
+    metrics_raw_retention: float,
+    metrics_minute_retention: float,
+    metrics_hour_retention: float,
+    metrics_require_token: bool,
 ) -> None:
     """Run the Corral server.
 
@@ -113,6 +154,11 @@ def server(
         node_not_ready_after=node_not_ready_after,
         node_down_after=node_down_after,
         usage_half_life=fair_share_half_life,
+        metrics_database_url=metrics_database_url,
+        metrics_raw_retention=metrics_raw_retention,
+        metrics_minute_retention=metrics_minute_retention,
+        metrics_hour_retention=metrics_hour_retention,
+        metrics_require_token=metrics_require_token,
     )
     from corral.server.main import serve  # here, not at the top: see the module docstring
 
@@ -219,6 +265,37 @@ Examples:
     "distributed training should use.",
 )
 @click.option(
+    "--metrics-interval",
+    type=DURATION,
+    metavar="DURATION",
+    default=_AGENT_DEFAULTS.metrics_interval,
+    show_default=format_duration(_AGENT_DEFAULTS.metrics_interval),
+    help="Time between monitoring samples (GPUs, processes, host); 0 turns monitoring off.",
+)
+@click.option(
+    "--disk-usage",
+    "disk_usage_paths",
+    multiple=True,
+    metavar="PATH",
+    help="Report per-user disk usage of PATH (e.g. /home; repeatable), scanned at low "
+    "priority every --disk-usage-period.",
+)
+@click.option(
+    "--disk-usage-period",
+    type=DURATION,
+    metavar="DURATION",
+    default=_AGENT_DEFAULTS.disk_usage_period,
+    show_default=format_duration(_AGENT_DEFAULTS.disk_usage_period),
+    help="Time between disk-usage scans.",
+)
+@click.option(
+    "--container-user-pattern",
+    metavar="REGEX",
+    help="How to find the user in the name of a Docker container Corral did not start: "
+    "a regex with a (?P<user>...) group, matched at the start of the name. "
+    "[default: '<user>_<anything>']",
+)
+@click.option(
     "--grace-period",
     type=DURATION,
     default=_AGENT_DEFAULTS.grace_seconds,
@@ -239,6 +316,10 @@ def agent(
     allow_root_jobs: bool,
     pool: str,
     address: str | None,
+    metrics_interval: float,
+    disk_usage_paths: tuple[str, ...],
+    disk_usage_period: float,
+    container_user_pattern: str | None,
     grace_period: float,
 ) -> None:
     """Run a Corral agent, making this machine a node of the cluster.
@@ -256,6 +337,16 @@ def agent(
         if problem:
             raise click.BadParameter(problem, param_hint="--user-map")
         mapping[user] = account
+    if container_user_pattern is not None:
+        try:
+            if "user" not in re.compile(container_user_pattern).groupindex:
+                raise click.BadParameter(
+                    "needs a (?P<user>...) group", param_hint="--container-user-pattern"
+                )
+        except re.error as exc:
+            raise click.BadParameter(
+                f"not a regular expression: {exc}", param_hint="--container-user-pattern"
+            ) from None
     config = AgentConfig(
         server=server,
         join_token=join_token,
@@ -266,6 +357,10 @@ def agent(
         allow_root_jobs=allow_root_jobs,
         pool=pool,
         address=address,
+        metrics_interval=metrics_interval,
+        disk_usage_paths=list(disk_usage_paths),
+        disk_usage_period=disk_usage_period,
+        container_user_pattern=container_user_pattern,
         grace_seconds=grace_period,
     )
     from corral.agent.agent import run_agent  # here, not at the top: see the module docstring

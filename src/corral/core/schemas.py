@@ -38,9 +38,20 @@ ENV_KEY_RE = r"^[A-Za-z_][A-Za-z0-9_]*$"
 # Variables Corral sets itself; a user may not override them (they decide which GPUs
 # the job sees and how it identifies itself).
 RESERVED_ENV_PREFIXES = ("CORRAL_",)
+# ... except these, which a job may set: the synthetic load a job declares for the
+# simulated GPU back-end (`corral.agent.gpus.simulated`).
+USER_CORRAL_ENV_KEYS = frozenset({"CORRAL_SIM_LOAD"})
 RESERVED_ENV_KEYS = frozenset(
     {"CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER"}
 )
+
+
+def is_reserved_env(key: str) -> bool:
+    """Whether ``key`` is Corral's to set (a job's own value is refused, and dropped)."""
+    if key in USER_CORRAL_ENV_KEYS:
+        return False
+    return key in RESERVED_ENV_KEYS or key.startswith(RESERVED_ENV_PREFIXES)
+
 
 # The patterns bound the length too (1-63, 1-253), so a bad name always gets the same message.
 Name = Annotated[str, Field(pattern=NAME_RE.pattern)]
@@ -301,7 +312,7 @@ class JobSubmit(_Strict):
         for key, value in v.items():
             if not re.match(ENV_KEY_RE, key):
                 raise ValueError(f"{key!r} is not a valid variable name")
-            if key in RESERVED_ENV_KEYS or key.startswith(RESERVED_ENV_PREFIXES):
+            if is_reserved_env(key):
                 raise ValueError(f"{key} is set by Corral and cannot be overridden")
             if "\x00" in value or len(value.encode()) > MAX_ENV_VALUE_BYTES:
                 raise ValueError(f"value of {key} has a NUL or is over 32 KiB")

@@ -125,10 +125,13 @@ class Pool:
         "nodes",
         "reserved",
         "shared",
+        "unmanaged",
     )
 
     def __init__(self, name: str) -> None:
         self.name = name
+        self.unmanaged = 0
+        """GPUs of its schedulable nodes in use by work Corral did not start."""
         self.reserved = 0
         """How many projects are confined to some pools including this one (placement
         prefers pools with fewer: see `corral.scheduler.place`)."""
@@ -189,6 +192,8 @@ class ClusterState:
             for device in view.devices:
                 if not device.mig:
                     pool.largest_gpu_memory = max(pool.largest_gpu_memory, device.memory_bytes)
+                if device.busy_unmanaged and view.schedulable:
+                    pool.unmanaged += 1
                 for mig in device.mig:
                     self.mig_profile_slices.setdefault(mig.profile, mig.compute_slices)
             if not view.schedulable or view.name in self.node_index:

@@ -49,6 +49,10 @@ def _where(cluster: ClusterState, job: JobInfo) -> str:
     return f" in pool {names[0]}" if len(names) == 1 else f" in pools {', '.join(names)}"
 
 
+def fmt_count(n: int, what: str) -> str:
+    return f"{n} {what}" if n == 1 else f"{n} {what}s"
+
+
 def never_fits(cluster: ClusterState, job: JobInfo) -> str | None:
     """Why ``job`` cannot start even on an empty cluster as it is now, or None."""
     if cluster.total_nodes == 0:
@@ -60,6 +64,12 @@ def never_fits(cluster: ClusterState, job: JobInfo) -> str | None:
     if job.shape == "whole":
         largest = max(pool.max_gpus for pool in pools)
         if job.gpus > largest:
+            unmanaged = sum(pool.unmanaged for pool in pools)
+            if unmanaged:
+                return (
+                    f"no node{where} has {job.gpus} GPUs Corral can use (largest: {largest}; "
+                    f"{fmt_count(unmanaged, 'GPU')} in use outside Corral, see `corral top`)"
+                )
             return f"no node{where} has {job.gpus} GPUs (largest: {largest})"
     elif job.shape == "memory":
         largest_memory = max(pool.largest_gpu_memory for pool in pools)

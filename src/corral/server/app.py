@@ -13,10 +13,10 @@ from fastapi import APIRouter, FastAPI
 from corral import __version__
 from corral.client import API_PREFIX
 from corral.core.schemas import ErrorResponse
-from corral.server.api import accounts, agent, jobs, nodes
+from corral.server.api import accounts, agent, jobs, metrics, nodes
 from corral.server.api.errors import BodySizeLimit, install_error_handlers
 from corral.server.context import ServerContext
-from corral.server.loops.cycles import NodeHealthLoop, SchedulerLoop
+from corral.server.loops.cycles import MetricsMaintenanceLoop, NodeHealthLoop, SchedulerLoop
 
 log = logging.getLogger("corral.server")
 
@@ -27,7 +27,11 @@ def create_app(ctx: ServerContext, *, run_loops: bool = True) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ctx.signals.attach(asyncio.get_running_loop())
-        loops = [SchedulerLoop(ctx), NodeHealthLoop(ctx)] if run_loops else []
+        loops = (
+            [SchedulerLoop(ctx), NodeHealthLoop(ctx), MetricsMaintenanceLoop(ctx)]
+            if run_loops
+            else []
+        )
         tasks = [asyncio.create_task(loop.run(), name=loop.name) for loop in loops]
         try:
             yield
@@ -62,7 +66,8 @@ def create_app(ctx: ServerContext, *, run_loops: bool = True) -> FastAPI:
     def health() -> dict[str, str]:
         return {"status": "ok", "version": __version__}
 
-    for router in (accounts.router, jobs.router, nodes.router, agent.router):
+    for router in (accounts.router, jobs.router, nodes.router, agent.router, metrics.router):
         api.include_router(router)
     app.include_router(api)
+    app.include_router(metrics.prometheus_router)  # at /metrics, where Prometheus looks
     return app

@@ -9,6 +9,8 @@ from corral.core.clock import Clock, SystemClock
 from corral.scheduler import ProjectShare
 from corral.server.database import ServerDatabase
 from corral.server.logstore import LogStore
+from corral.server.metrics.hub import MetricsHub
+from corral.server.metrics.store import MetricsStore, Retention
 from corral.server.settings import ServerSettings
 from corral.server.signals import Signals
 
@@ -29,6 +31,7 @@ class ServerContext:
     settings: ServerSettings
     db: ServerDatabase
     logs: LogStore
+    metrics: MetricsHub
     clock: Clock = field(default_factory=SystemClock)
     signals: Signals = field(default_factory=Signals)
     started_at: datetime | None = None
@@ -43,6 +46,21 @@ class ServerContext:
             settings=settings,
             db=ServerDatabase(settings.resolved_database_url()),
             logs=LogStore(data_dir / "logs", settings.log_max_bytes),
+            metrics=MetricsHub(
+                MetricsStore(
+                    settings.resolved_metrics_database_url(),
+                    Retention(
+                        raw=settings.metrics_raw_retention,
+                        minute=settings.metrics_minute_retention,
+                        hour=settings.metrics_hour_retention,
+                    ),
+                )
+            ),
             clock=clock,
             started_at=clock.now(),
         )
+
+    def dispose(self) -> None:
+        """Close every database connection pool."""
+        self.db.dispose()
+        self.metrics.store.dispose()

@@ -61,4 +61,4 @@ def serve(settings: ServerSettings) -> None:
             timeout_graceful_shutdown=3,
         )
     finally:
-        ctx.db.dispose()
+        ctx.dispose()

@@ -27,6 +27,13 @@ class ServerSettings:
       job is submitted, at once when a job ends and frees its devices.
     - ``usage_half_life``: when set, projects' GPU usage decays with this half-life and
       breaks ties in the fair-share order (Slurm's idea); None = off.
+    - ``metrics_database_url``: where monitoring history goes; default
+      ``<data_dir>/metrics.db`` with SQLite, the main database with PostgreSQL.
+    - ``metrics_raw_retention`` / ``metrics_minute_retention`` /
+      ``metrics_hour_retention``: how long raw samples, 1-minute and 1-hour rollups are
+      kept.
+    - ``metrics_require_token``: ``/metrics`` (Prometheus) needs a token, like the API;
+      off by default, as node_exporter's and dcgm-exporter's are.
     """
 
     host: str = "127.0.0.1"
@@ -42,6 +49,12 @@ class ServerSettings:
     scheduler_debounce: float = 0.02
     health_interval: float = 1.0
     usage_half_life: float | None = None
+    metrics_database_url: str | None = None
+    metrics_raw_retention: float = 3 * 3600.0
+    metrics_minute_retention: float = 8 * 86400.0
+    metrics_hour_retention: float = 400 * 86400.0
+    metrics_maintenance_interval: float = 60.0
+    metrics_require_token: bool = False
 
     def resolved_data_dir(self) -> Path:
         return (self.data_dir or server_dir()).expanduser().resolve()
@@ -51,6 +64,22 @@ class ServerSettings:
         if url:
             return url
         return f"sqlite:///{self.resolved_data_dir() / 'corral.db'}"
+
+    def heartbeat_period(self) -> float:
+        """How long a sync is held (and so how often a quiet node heartbeats): the
+        configured ``sync_wait``, but at most a third of ``node_not_ready_after`` so that
+        a healthy node is never late."""
+        return min(self.sync_wait, self.node_not_ready_after / 3)
+
+    def resolved_metrics_database_url(self) -> str:
+        if self.metrics_database_url:
+            return self.metrics_database_url
+        main = self.resolved_database_url()
+        if main.startswith("sqlite"):
+            if ":memory:" in main or main in ("sqlite://", "sqlite:///"):
+                return "sqlite://"
+            return f"sqlite:///{self.resolved_data_dir() / 'metrics.db'}"
+        return main
 
     @property
     def url(self) -> str:

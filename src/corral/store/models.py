@@ -169,6 +169,9 @@ class Gpu(Base):
     model: Mapped[str] = mapped_column(String(256))
     memory_bytes: Mapped[int] = mapped_column(BigInteger)
     simulated: Mapped[bool] = mapped_column(Boolean)
+    # Who uses it outside Corral, as the node last reported ("alice (pid 42 python)");
+    # None: nobody. The scheduler hands out no GPU that has it set.
+    unmanaged: Mapped[str | None] = mapped_column(Text)
 
 
 class MigInstance(Base):
@@ -186,6 +189,7 @@ class MigInstance(Base):
     compute_instance_id: Mapped[int]
     compute_slices: Mapped[int]
     memory_bytes: Mapped[int] = mapped_column(BigInteger)
+    unmanaged: Mapped[str | None] = mapped_column(Text)  # as `Gpu.unmanaged`
 
 
 class Job(Base):

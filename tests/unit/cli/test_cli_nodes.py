@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import timedelta
+from typing import Any
 
 import yaml
-from cli_fakes import FakeApi, Runner, gpu, node
+from cli_fakes import NOW, FakeApi, Runner, gpu, node, ts
 
+from corral.cli.nodes import drift
 from corral.core.schemas import NodeOut
 
 REAL = node("gpu-01", gpus=[gpu(i) for i in range(8)], gpus_allocated=3, jobs=["team-a/train-1"])
@@ -61,8 +64,14 @@ def test_no_nodes_says_how_to_add_one(run: Runner, api: FakeApi) -> None:
     assert "corral join-token" in result.stderr
 
 
+def serve_node(api: FakeApi, data: dict[str, Any], *others: dict[str, Any]) -> None:
+    """``GET /nodes/NAME`` and ``GET /nodes``; no ``/metrics/now`` (an older server)."""
+    api.on("GET", f"/nodes/{data['name']}", json=data)
+    api.on("GET", "/nodes", json={"nodes": [data, *others]})
+
+
 def test_node_details_list_gpus_and_jobs(run: Runner, api: FakeApi) -> None:
-    api.on("GET", "/nodes/gpu-01", json=REAL)
+    serve_node(api, REAL)
 
     result = run("node", "gpu-01")
 
@@ -76,7 +85,7 @@ def test_node_details_list_gpus_and_jobs(run: Runner, api: FakeApi) -> None:
 
 
 def test_simulated_node_details_say_so(run: Runner, api: FakeApi) -> None:
-    api.on("GET", "/nodes/demo-node-3", json=SIM)
+    serve_node(api, SIM)
 
     result = run("node", "demo-node-3")
 
@@ -85,7 +94,7 @@ def test_simulated_node_details_say_so(run: Runner, api: FakeApi) -> None:
 
 
 def test_node_names_may_have_dots(run: Runner, api: FakeApi) -> None:
-    api.on("GET", "/nodes/gpu01.lab.example", json=node("gpu01.lab.example"))
+    serve_node(api, node("gpu01.lab.example"))
 
     result = run("node", "gpu01.lab.example", "-o", "json")
 
@@ -99,3 +108,88 @@ def test_a_bad_node_name_is_a_usage_error(run: Runner, api: FakeApi) -> None:
 
     assert result.exit_code == 2
     assert api.requests == []
+
+
+# ---------------------------------------------------------------- driver / CUDA drift
+
+FLEET = [node(f"gpu-{i:02d}") for i in range(1, 8)]  # 550.54.15 / 12.4
+ODD = node("gpu-08", driver_version="535.104.05", cuda_version="12.2")
+
+
+def test_drift_is_judged_against_the_most_common_version() -> None:
+    versions = ["550", "550", "535", None]
+
+    assert drift("535", versions) == "differs from 550 on 2 of 3 nodes"
+    assert drift("550", versions) is None
+    assert drift(None, versions) is None  # no version (simulated): nothing to compare
+    assert drift("535", ["550", "535"]) is None  # a tie is no majority
+
+
+def test_nodes_table_flags_drift_with_a_footnote(run: Runner, api: FakeApi) -> None:
+    api.on("GET", "/nodes", json={"nodes": [*FLEET, ODD, SIM]})
+
+    result = run("nodes")
+
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert cells(lines[1])[6:8] == ["550.54.15", "12.4"]
+    assert cells(lines[8])[6:8] == ["535.104.05*", "12.2*"]
+    assert cells(lines[9])[6:8] == ["-", "-"]  # simulated: no driver, no flag
+    assert lines[-1] == (
+        "* not the version most nodes run: driver 550.54.15 (7 of 8 nodes), "
+        "CUDA 12.4 (7 of 8 nodes)"
+    )
+
+
+def test_nodes_table_has_no_footnote_without_drift(run: Runner, api: FakeApi) -> None:
+    api.on("GET", "/nodes", json={"nodes": FLEET})
+
+    assert "*" not in run("nodes").stdout
+
+
+def test_node_details_flag_drift(run: Runner, api: FakeApi) -> None:
+    serve_node(api, ODD, *FLEET)
+
+    out = run("node", "gpu-08").stdout
+
+    assert re.search(
+        r"^Driver:\s+535.104.05 \(differs from 550.54.15 on 7 of 8 nodes\)$", out, re.MULTILINE
+    )
+    assert re.search(r"^CUDA:\s+12.2 \(differs from 12.4 on 7 of 8 nodes\)$", out, re.MULTILINE)
+    assert "Newest sample: not available from this server" in out
+
+
+def test_node_details_show_pool_address_mig_and_the_newest_sample(
+    run: Runner, api: FakeApi
+) -> None:
+    mig = {"uuid": "MIG-1", "profile": "1g.10gb", "gpu_instance_id": 7,
+           "compute_instance_id": 0, "compute_slices": 1, "memory_bytes": 10 * 1024**3}  # fmt: skip
+    data = node("gpu-01", gpus=[{**gpu(0), "mig": [mig]}], address="10.0.0.1", pool="fast")
+    serve_node(api, data, *FLEET)
+    api.on("GET", "/metrics/now", json={"at": NOW.isoformat(), "nodes": [{
+        "name": "gpu-01", "state": "ready", "pool": "fast", "simulated": False,
+        "last_heartbeat": ts(timedelta(seconds=2)), "sampled_at": ts(timedelta(seconds=1)),
+        "gpus": [{"index": 0, "uuid": "GPU-0000", "model": "A100-80GB",
+                  "memory_bytes": 80 * 1024**3, "jobs": [], "unmanaged": None,
+                  "sample": {"index": 0, "uuid": "GPU-0000", "utilization_percent": 12.0,
+                             "memory_used_bytes": 0, "memory_total_bytes": 80 * 1024**3,
+                             "temperature_celsius": None}}],
+        "host": {"cpu_percent": 23.0, "cpu_count": 64, "load1": 4.2,
+                 "memory_used_bytes": 120 * 1024**3, "memory_total_bytes": 512 * 1024**3,
+                 "net_rx_bytes_per_s": 1024**2, "filesystems": [
+                     {"mount": "/", "used_bytes": 100 * 1024**3, "total_bytes": 1024**4}]},
+    }]})  # fmt: skip
+
+    result = run("node", "gpu-01")
+
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert re.search(r"^Pool:\s+fast$", out, re.MULTILINE)
+    assert re.search(r"^Address:\s+10.0.0.1$", out, re.MULTILINE)
+    assert re.search(r"^└\s+MIG-1\s+MIG 1g.10gb\s+10GiB$", out, re.MULTILINE)
+    assert "Newest sample (1s ago):" in out
+    assert re.search(r"^CPU:\s+23% of 64 cores \(load 4.2\)$", out, re.MULTILINE)
+    assert re.search(r"^Memory:\s+120/512GiB$", out, re.MULTILINE)
+    assert re.search(r"^Network:\s+rx 1MiB/s, tx n/a$", out, re.MULTILINE)
+    assert re.search(r"^Filesystems:\s+/  100GiB/1TiB$", out, re.MULTILINE)
+    assert re.search(r"^GPUs now:\n  0 A100-80GB\s+12%\s+0.0/80GiB\s+n/a", out, re.MULTILINE)

@@ -32,7 +32,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from corral.agent.usermap import JobAccount
-from corral.core.schemas import RESERVED_ENV_KEYS, RESERVED_ENV_PREFIXES, Assignment
+from corral.core.schemas import Assignment, is_reserved_env
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _INHERITED = ("LANG", "LC_ALL")
@@ -61,13 +61,7 @@ def job_environment(
     env.update({k: agent_env[k] for k in _INHERITED if k in agent_env})
     # The server refuses reserved names at submission; dropping them here too means a
     # bug or an old server can never let a job choose its own GPUs.
-    env.update(
-        {
-            k: v
-            for k, v in assignment.env.items()
-            if k not in RESERVED_ENV_KEYS and not k.startswith(RESERVED_ENV_PREFIXES)
-        }
-    )
+    env.update({k: v for k, v in assignment.env.items() if not is_reserved_env(k)})
     env.update(
         {
             "CORRAL_JOB_ID": str(assignment.job_id),

@@ -1,4 +1,5 @@
-"""The agents' side of the API: register, sync (heartbeat + long poll), log upload.
+"""The agents' side of the API: register, sync (heartbeat + long poll), log upload,
+metrics.
 
 Agents dial out to these; the server never connects to a node.
 """
@@ -13,10 +14,12 @@ from sqlalchemy.orm import Session, lazyload
 
 from corral.core import schemas
 from corral.core.errors import Unauthorized
+from corral.core.telemetry import MetricsBatch
 from corral.server.api.deps import CtxDep, NodeIdDep, TokenDep
 from corral.server.api.responses import model_response
 from corral.server.context import ServerContext
-from corral.server.services import auth
+from corral.server.metrics.hub import unmanaged_of
+from corral.server.services import auth, monitoring
 from corral.server.services import nodes as node_service
 from corral.store.models import Job, JobWorker, Node
 
@@ -39,7 +42,7 @@ def register(ctx: CtxDep, token: TokenDep, body: schemas.NodeInventory) -> schem
     ctx.signals.nodes_changed([node_id])
     ctx.signals.wake_scheduler()
     return schemas.RegisterResponse(
-        node=body.name, node_token=node_token, sync_wait_seconds=ctx.settings.sync_wait
+        node=body.name, node_token=node_token, sync_wait_seconds=ctx.settings.heartbeat_period()
     )
 
 
@@ -95,11 +98,12 @@ def _desired(ctx: ServerContext, node_id: int) -> schemas.SyncResponse:
 async def sync(ctx: CtxDep, node_id: NodeIdDep, body: schemas.SyncRequest) -> Response:
     """Heartbeat + reports in, full desired state out; held up to ``wait_seconds``."""
     changed = ctx.signals.node_event(node_id)  # taken before reading: no lost wake-up
-    may_wait = body.wait_seconds > 0 and not body.reports
+    wait = min(body.wait_seconds, ctx.settings.heartbeat_period())
+    may_wait = wait > 0 and not body.reports
     _, answer = await asyncio.to_thread(_apply, ctx, node_id, body, may_wait=may_wait)
     if answer is None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(changed.wait(), timeout=body.wait_seconds)
+            await asyncio.wait_for(changed.wait(), timeout=wait)
         answer = await asyncio.to_thread(_desired, ctx, node_id)
     return model_response(answer)
 
@@ -147,3 +151,43 @@ async def upload_log(
         _store_log, ctx, node_id, job_id, attempt, offset, data, rank
     )
     return schemas.LogAck(next_offset=next_offset)
+
+
+def _ingest_metrics(ctx: ServerContext, node_id: int, batch: MetricsBatch) -> None:
+    now = ctx.clock.now()
+    with ctx.db.read() as s:
+        node = s.get(Node, node_id)
+        if node is None:
+            raise Unauthorized("this node was removed: re-join it with a join token")
+        name = node.name
+        known = monitoring.unmanaged_now(s, node)
+    latest = ctx.metrics.ingest(name, batch, now)
+    seen = unmanaged_of(latest.sample) if latest is not None else ({}, {})
+    differs = any(known[0].get(i) != who for i, who in seen[0].items()) or any(
+        known[1].get(u) != who for u, who in seen[1].items() if u in known[1]
+    )
+    if not differs and not batch.xid_events:
+        return
+    with ctx.db.tx(low_priority=True) as s:
+        node = s.get(Node, node_id)
+        if node is None:
+            return
+        for event in batch.xid_events:
+            node_service.node_event(
+                s,
+                node,
+                "xid",
+                f"XID {event.xid} on GPU {event.gpu_index} ({event.uuid})"
+                + (f": {event.message}" if event.message else ""),
+                event.at,
+            )
+        changed = differs and monitoring.apply_unmanaged(s, node, seen[0], seen[1], now)
+    if changed:
+        ctx.signals.wake_scheduler()
+
+
+@router.post("/metrics", status_code=204)
+async def upload_metrics(ctx: CtxDep, node_id: NodeIdDep, body: MetricsBatch) -> Response:
+    """Samples, XID events and disk usage since the agent's last batch."""
+    await asyncio.to_thread(_ingest_metrics, ctx, node_id, body)
+    return Response(status_code=204)

@@ -72,3 +72,22 @@ class NodeHealthLoop(LoopService):
 
     async def run_once(self) -> None:
         await asyncio.to_thread(self.check)
+
+
+class MetricsMaintenanceLoop(LoopService):
+    """Rolls monitoring samples up into minutes and hours and drops what is past retention."""
+
+    name = "metrics-maintenance"
+
+    def __init__(self, ctx: ServerContext) -> None:
+        super().__init__(ctx.settings.metrics_maintenance_interval)
+        self.ctx = ctx
+
+    def maintain(self) -> None:
+        now = self.ctx.clock.now().timestamp()
+        store = self.ctx.metrics.store
+        store.roll_up(now)
+        store.expire(now)
+
+    async def run_once(self) -> None:
+        await asyncio.to_thread(self.maintain)

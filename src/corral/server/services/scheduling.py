@@ -151,6 +151,7 @@ def build_snapshot(session: Session) -> tuple[Snapshot, dict[str, Node]]:
                 profile=m.profile,
                 compute_slices=m.compute_slices,
                 memory_bytes=m.memory_bytes,
+                busy_unmanaged=m.unmanaged is not None,
             )
         )
     node_views = tuple(
@@ -162,6 +163,7 @@ def build_snapshot(session: Session) -> tuple[Snapshot, dict[str, Node]]:
                     index=g.index,
                     uuid=g.uuid,
                     memory_bytes=g.memory_bytes,
+                    busy_unmanaged=g.unmanaged is not None,
                     mig=tuple(mig.get((n.id, g.index), ())),
                 )
                 for g in n.gpus

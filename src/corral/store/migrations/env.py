@@ -20,6 +20,10 @@ def run_migrations_online() -> None:
             target_metadata=target_metadata,
             # SQLite cannot ALTER most things in place: batch mode copies the table.
             render_as_batch=connection.dialect.name == "sqlite",
+            # Monitoring history (`corral.server.metrics.store`) manages its own tables.
+            include_name=lambda name, type_, _parents: (
+                not (type_ == "table" and name is not None and name.startswith("metrics_"))
+            ),
         )
         with context.begin_transaction():
             context.run_migrations()
