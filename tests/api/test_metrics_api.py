@@ -227,3 +227,64 @@ def test_prometheus_metrics_can_require_a_token(server: Harness) -> None:
     assert server.http.get("/metrics").status_code == 401
     r = server.http.get("/metrics", headers=server.h(server.admin))
     assert r.status_code == 200
+
+
+def test_disk_usage_is_the_latest_scan_per_node_largest_first(server: Harness) -> None:
+    node = server.register("n1", gpus=1)
+    at = server.clock.now().isoformat()
+    usage = [
+        {"path": "/home", "user": "alice", "used_bytes": 5 * GiB, "files": 10, "scanned_at": at},
+        {"path": "/home", "user": "bob", "used_bytes": 9 * GiB, "files": 3, "scanned_at": at},
+    ]
+    push(server, node, {"samples": [sample(server.clock.now(), [gpu(0)])], "disk_usage": usage})
+    # Batches without disk usage keep the last scan.
+    push(server, node, {"samples": [sample(server.clock.now(), [gpu(0)])]})
+    rows = server.get("/metrics/disk-usage")["usage"]
+    assert [(r["node"], r["user"], r["used_bytes"]) for r in rows] == [
+        ("n1", "bob", 9 * GiB),
+        ("n1", "alice", 5 * GiB),
+    ]
+    assert [r["user"] for r in server.get("/metrics/disk-usage", user="alice")["usage"]] == [
+        "alice"
+    ]
+
+
+def test_an_hour_is_raw_points_and_a_day_is_minutes_and_old_points_expire(server: Harness) -> None:
+    from corral.server.loops.cycles import MetricsMaintenanceLoop
+
+    node = server.register("n1", gpus=1)
+    maintenance = MetricsMaintenanceLoop(server.ctx)
+    start = int(server.clock.now().timestamp())
+    assert start % 60 == 0  # minutes of samples are minutes of rollups
+    # A day and a half of samples, two a minute (utilization = the minute of the hour),
+    # rolled up and expired every hour as time passes.
+    for ten_minutes in range(36 * 6):  # one batch per 10 minutes
+        at = server.clock.now()
+        samples = [
+            sample(
+                at + timedelta(seconds=30 * i),
+                [gpu(0, util=float((ten_minutes * 10 + i // 2) % 60))],
+            )
+            for i in range(20)
+        ]
+        push(server, node, {"samples": samples})
+        server.clock.advance(600)
+        if ten_minutes % 6 == 5:
+            maintenance.maintain()
+    hour = server.get("/metrics/gpus", node="n1", metric=["utilization_percent"])
+    assert hour["resolution"] == "raw"
+    assert 100 <= len(hour["series"][0]["points"]) <= 122  # two a minute
+    end = server.clock.now()
+    day = server.get(
+        "/metrics/gpus",
+        node="n1",
+        metric=["utilization_percent"],
+        start=(end - timedelta(days=1)).isoformat(),
+        end=end.isoformat(),
+    )
+    assert day["resolution"] == "1m"
+    points = day["series"][0]["points"]
+    assert 23 * 60 <= len(points) <= 24 * 60
+    assert all(v == float((t - start) // 60 % 60) for t, v in points)
+    store = server.ctx.metrics.store
+    assert store.count("gpu", "raw") <= 2 * 60 * 3 + 2 * 60  # within the 3-hour raw retention

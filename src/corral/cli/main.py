@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from corral import __version__
-from corral.cli import admin, auth, daemons, demo, jobs, nodes, sim, top, up
+from corral.cli import admin, auth, daemons, demo, jobs, nodes, sim, top, up, usage
 from corral.cli.config import SERVER_ENV, TOKEN_ENV, get_state
 from corral.cli.params import SERVER_URL
 from corral.core.errors import CorralError, Unauthorized, Unavailable
@@ -21,7 +21,7 @@ from corral.core.errors import CorralError, Unauthorized, Unavailable
 # is still listed, under "Other commands", so a new command can never be hidden.
 _SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Jobs", ("submit", "list", "queue", "get", "logs", "delete")),
-    ("Cluster", ("top", "free", "nodes", "node", "project")),
+    ("Cluster", ("top", "free", "nodes", "node", "disk-usage", "project")),
     ("Account", ("login", "logout", "whoami")),
     ("Administration", ("user", "join-token", "sim")),
     ("Run Corral", ("up", "demo", "server", "agent")),
@@ -121,6 +121,7 @@ for _command in (
     *jobs.COMMANDS,
     *nodes.COMMANDS,
     *top.COMMANDS,
+    *usage.COMMANDS,
     *admin.COMMANDS,
     *daemons.COMMANDS,
     *up.COMMANDS,

@@ -117,9 +117,11 @@ def no_data(node: NodeNow, now: datetime) -> str:
 
 
 def gang_jobs(cluster: ClusterNow) -> set[int]:
-    """Ids of gang jobs: a JobRef says only ``rank``, and rank 0 looks like a plain job
-    unless another worker of the same job (rank > 0) shows somewhere."""
-    return {j.id for n in cluster.nodes for g in n.gpus for j in g.jobs if j.rank > 0}
+    """Ids of gang jobs (``workers`` > 1; from an older server that does not say, any job
+    with a worker of rank > 0 in view)."""
+    return {
+        j.id for n in cluster.nodes for g in n.gpus for j in g.jobs if j.workers > 1 or j.rank > 0
+    }
 
 
 def job_label(job: JobRef, gangs: set[int]) -> str:

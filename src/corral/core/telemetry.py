@@ -193,6 +193,7 @@ class JobRef(BaseModel):
     project: str
     user: str
     rank: int = 0
+    workers: int = 1  # > 1: a gang (``rank`` says which worker)
     share: str | None = None  # "0.5", "20GiB", "mig 1g.10gb"; None: whole GPUs
 
 
@@ -224,3 +225,18 @@ class ClusterNow(BaseModel):
 
     at: datetime
     nodes: list[NodeNow]
+
+
+class NodeDiskUsage(BaseModel):
+    """One user's usage of one scanned path on one node (latest completed scan)."""
+
+    node: str
+    path: str
+    user: str
+    used_bytes: int
+    files: int
+    scanned_at: datetime
+
+
+class DiskUsageList(BaseModel):
+    usage: list[NodeDiskUsage]

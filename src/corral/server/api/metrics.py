@@ -14,7 +14,13 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import PlainTextResponse
 
 from corral.core.errors import InvalidRequest, Unauthorized
-from corral.core.telemetry import ClusterNow, SeriesList, SeriesOut
+from corral.core.telemetry import (
+    ClusterNow,
+    DiskUsageList,
+    NodeDiskUsage,
+    SeriesList,
+    SeriesOut,
+)
 from corral.server.api.deps import CallerDep, CtxDep
 from corral.server.context import ServerContext
 from corral.server.metrics.prometheus import render
@@ -183,6 +189,35 @@ def job_series(
     if host_metrics:
         series += _series(ctx, "job", host_metrics, s, e, res, {"job_id": job_id})
     return _list(s, e, res, series)
+
+
+@router.get("/disk-usage", response_model=DiskUsageList)
+def disk_usage(
+    ctx: CtxDep,
+    caller: CallerDep,
+    node: str | None = None,
+    path: str | None = None,
+    user: str | None = None,
+) -> DiskUsageList:
+    """Per-user disk usage of the paths agents scan (`corral agent --disk-usage PATH`),
+    from each node's latest completed scan, largest first."""
+    rows = [
+        NodeDiskUsage(
+            node=name,
+            path=u.path,
+            user=u.user,
+            used_bytes=u.used_bytes,
+            files=u.files,
+            scanned_at=u.scanned_at,
+        )
+        for name, latest in ctx.metrics.latest().items()
+        for u in latest.disk_usage
+        if (node is None or name == node)
+        and (path is None or u.path == path)
+        and (user is None or u.user == user)
+    ]
+    rows.sort(key=lambda r: (-r.used_bytes, r.node, r.path, r.user))
+    return DiskUsageList(usage=rows)
 
 
 prometheus_router = APIRouter(tags=["metrics"])

@@ -120,7 +120,14 @@ def cluster_now(session: Session, hub: MetricsHub, now: datetime) -> ClusterNow:
             )
         ):
             j = gangs[w.job_id]
-            ref = JobRef(id=j.id, name=j.name, project=j.project, user=j.user, rank=w.rank)
+            ref = JobRef(
+                id=j.id,
+                name=j.name,
+                project=j.project,
+                user=j.user,
+                rank=w.rank,
+                workers=j.workers,
+            )
             for gpu in w.gpu_ids:
                 holders.setdefault((w.node_id, gpu), []).append(ref)
     latest = hub.latest()
