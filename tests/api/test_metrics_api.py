@@ -288,3 +288,30 @@ def test_an_hour_is_raw_points_and_a_day_is_minutes_and_old_points_expire(server
     assert all(v == float((t - start) // 60 % 60) for t, v in points)
     store = server.ctx.metrics.store
     assert store.count("gpu", "raw") <= 2 * 60 * 3 + 2 * 60  # within the 3-hour raw retention
+
+
+def test_gpus_per_project_and_user_over_time(server: Harness) -> None:
+    from corral.server.loops.cycles import UsageHistoryLoop
+
+    node = server.register("n1", gpus=4)
+    server.post("/projects", {"name": "team-a", "quota": 2})
+    server.submit("a1", gpus=2, project="team-a")
+    server.submit("half", gpus=0.5)
+    server.cycle()
+    recorder = UsageHistoryLoop(server.ctx)
+    recorder.record()
+    server.clock.advance(15)
+    server.sync(node, [{"job_id": server.job("a1", "team-a")["id"], "attempt": 1,
+                        "state": "exited", "exit_code": 0}])  # fmt: skip
+    server.cycle()
+    recorder.record()
+    server.clock.advance(5)
+
+    out = server.get("/metrics/projects", project=["team-a"])
+    [team_a] = out["series"]
+    assert team_a["key"] == {"project": "team-a"}
+    assert [v for _, v in team_a["points"]] == [2.0, 0.0]
+    quota = server.get("/metrics/projects", project=["team-a"], metric=["quota_gpus"])
+    assert [v for _, v in quota["series"][0]["points"]] == [2.0, 2.0]
+    users = server.get("/metrics/users", user=["admin"])
+    assert [v for _, v in users["series"][0]["points"]] == [2.5, 0.5]

@@ -16,7 +16,12 @@ from corral.core.schemas import ErrorResponse
 from corral.server.api import accounts, agent, jobs, metrics, nodes
 from corral.server.api.errors import BodySizeLimit, install_error_handlers
 from corral.server.context import ServerContext
-from corral.server.loops.cycles import MetricsMaintenanceLoop, NodeHealthLoop, SchedulerLoop
+from corral.server.loops.cycles import (
+    MetricsMaintenanceLoop,
+    NodeHealthLoop,
+    SchedulerLoop,
+    UsageHistoryLoop,
+)
 
 log = logging.getLogger("corral.server")
 
@@ -28,7 +33,12 @@ def create_app(ctx: ServerContext, *, run_loops: bool = True) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ctx.signals.attach(asyncio.get_running_loop())
         loops = (
-            [SchedulerLoop(ctx), NodeHealthLoop(ctx), MetricsMaintenanceLoop(ctx)]
+            [
+                SchedulerLoop(ctx),
+                NodeHealthLoop(ctx),
+                MetricsMaintenanceLoop(ctx),
+                UsageHistoryLoop(ctx),
+            ]
             if run_loops
             else []
         )

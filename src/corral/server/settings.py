@@ -54,6 +54,7 @@ class ServerSettings:
     metrics_minute_retention: float = 8 * 86400.0
     metrics_hour_retention: float = 400 * 86400.0
     metrics_maintenance_interval: float = 60.0
+    usage_history_interval: float = 15.0
     metrics_require_token: bool = False
 
     def resolved_data_dir(self) -> Path:

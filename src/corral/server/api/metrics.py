@@ -138,6 +138,50 @@ def host_series(
     return _list(s, e, res, _series(ctx, "host", metrics, s, e, res, {"node": node}))
 
 
+@router.get("/projects", response_model=SeriesList)
+def project_series(
+    ctx: CtxDep,
+    caller: CallerDep,
+    project: Annotated[list[str] | None, Query(description="default: every project")] = None,
+    metric: Annotated[
+        list[str] | None,
+        Query(
+            description="quota_gpus, fair_share_gpus, allocated_gpus, pending_jobs "
+            "(default: allocated_gpus)"
+        ),
+    ] = None,
+    start: StartQuery = None,
+    end: EndQuery = None,
+    resolution: ResolutionQuery = "auto",
+) -> SeriesList:
+    """Projects over time: GPUs allocated (and quota, fair share, pending jobs), as
+    recorded every 15 s from the scheduler's last cycle."""
+    s, e, res = _window(ctx, start, end, resolution)
+    in_: dict[str, Sequence[Any]] | None = {"project": project} if project else None
+    metrics = metric or ["allocated_gpus"]
+    return _list(s, e, res, _series(ctx, "project", metrics, s, e, res, {}, in_))
+
+
+@router.get("/users", response_model=SeriesList)
+def user_series(
+    ctx: CtxDep,
+    caller: CallerDep,
+    user: Annotated[list[str] | None, Query(description="default: every user")] = None,
+    metric: Annotated[
+        list[str] | None,
+        Query(description="allocated_gpus, running_jobs (default: allocated_gpus)"),
+    ] = None,
+    start: StartQuery = None,
+    end: EndQuery = None,
+    resolution: ResolutionQuery = "auto",
+) -> SeriesList:
+    """Users over time: GPUs their jobs held and how many jobs held GPUs."""
+    s, e, res = _window(ctx, start, end, resolution)
+    in_: dict[str, Sequence[Any]] | None = {"user": user} if user else None
+    metrics = metric or ["allocated_gpus"]
+    return _list(s, e, res, _series(ctx, "user", metrics, s, e, res, {}, in_))
+
+
 @router.get("/jobs/{project}/{name}", response_model=SeriesList)
 def job_series(
     ctx: CtxDep,

@@ -8,6 +8,7 @@ import logging
 from corral.scheduler import FairSharePolicy, Policy
 from corral.server.context import ServerContext
 from corral.server.loops.base import LoopService
+from corral.server.services import monitoring
 from corral.server.services import nodes as node_service
 from corral.server.services.limits import stop_overdue_interactive
 from corral.server.services.scheduling import run_cycle
@@ -91,3 +92,25 @@ class MetricsMaintenanceLoop(LoopService):
 
     async def run_once(self) -> None:
         await asyncio.to_thread(self.maintain)
+
+
+class UsageHistoryLoop(LoopService):
+    """Records, every ``usage_history_interval``, each project's quota, fair share,
+    allocated GPUs and pending jobs and each user's GPUs held: the history behind "GPUs
+    per project over time"."""
+
+    name = "usage-history"
+
+    def __init__(self, ctx: ServerContext) -> None:
+        super().__init__(ctx.settings.usage_history_interval)
+        self.ctx = ctx
+
+    def record(self) -> None:
+        t = int(self.ctx.clock.now().timestamp())
+        with self.ctx.db.read() as s:
+            projects, users = monitoring.usage_rows(s, dict(self.ctx.scheduling.shares), t)
+        self.ctx.metrics.store.add("project", projects)
+        self.ctx.metrics.store.add("user", users)
+
+    async def run_once(self) -> None:
+        await asyncio.to_thread(self.record)

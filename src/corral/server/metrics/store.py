@@ -42,7 +42,7 @@ from sqlalchemy import (
     select,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 ROLLUP_LAG = 120  # seconds after a bucket ends before it is rolled up
 
 Resolution = Literal["raw", "1m", "1h"]
@@ -71,6 +71,8 @@ HOST_METRICS = (
     "net_tx_bytes_per_s",
 )
 JOB_METRICS = ("cpu_percent", "memory_bytes")
+PROJECT_METRICS = ("quota_gpus", "fair_share_gpus", "allocated_gpus", "pending_jobs")
+USER_METRICS = ("allocated_gpus", "running_jobs")
 
 
 @dataclass(frozen=True)
@@ -103,8 +105,10 @@ FAMILIES = {
     "job": _Family(
         "job", (("job_id", BigInteger()), ("rank", Integer()), ("node", String(253))), JOB_METRICS
     ),
+    "project": _Family("project", (("project", String(63)),), PROJECT_METRICS),
+    "user": _Family("user", (("user", String(63)),), USER_METRICS),
 }
-Family = Literal["gpu", "host", "job"]
+Family = Literal["gpu", "host", "job", "project", "user"]
 
 
 def _tables(metadata: MetaData) -> dict[tuple[str, Resolution], Table]:

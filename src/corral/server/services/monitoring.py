@@ -8,6 +8,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from corral.core.telemetry import ClusterNow, GpuNow, JobRef, NodeNow
+from corral.scheduler import ProjectShare
+from corral.scheduler.units import MIG_COMPUTE_SLICES, mig_profile_slices
 from corral.server.metrics.hub import MetricsHub
 from corral.server.services.nodes import HOLDING_STATES, node_event
 from corral.store.models import Job, JobWorker, MigInstance, Node, Project, User
@@ -159,3 +161,39 @@ def cluster_now(session: Session, hub: MetricsHub, now: datetime) -> ClusterNow:
             )
         )
     return ClusterNow(at=now, nodes=nodes)
+
+
+def usage_rows(
+    session: Session, shares: dict[str, ProjectShare], t: int
+) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
+    """One history row per project (quota, fair share, allocated, pending; from the last
+    scheduling cycle) and per user with jobs holding GPUs now (GPUs held, counting a
+    fraction as itself and a MIG instance as its share of the GPU's 7 compute slices)."""
+    projects: list[dict[str, object]] = [
+        {
+            "project": name,
+            "t": t,
+            "quota_gpus": share.quota,
+            "fair_share_gpus": share.fair_share,
+            "allocated_gpus": share.allocated,
+            "pending_jobs": float(share.pending),
+        }
+        for name, share in sorted(shares.items())
+    ]
+    held: dict[str, list[float]] = {}
+    for user, gpus, workers, mig in session.execute(
+        select(User.name, Job.gpus, Job.workers, Job.mig_profile)
+        .join(User, User.id == Job.user_id)
+        .where(Job.state.in_(HOLDING_STATES))
+    ):
+        amount = gpus * workers
+        if mig is not None:
+            amount = (mig_profile_slices(mig) or 0) / MIG_COMPUTE_SLICES
+        entry = held.setdefault(user, [0.0, 0.0])
+        entry[0] += amount
+        entry[1] += 1
+    users: list[dict[str, object]] = [
+        {"user": user, "t": t, "allocated_gpus": gpus, "running_jobs": jobs}
+        for user, (gpus, jobs) in sorted(held.items())
+    ]
+    return projects, users
