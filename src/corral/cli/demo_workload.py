@@ -83,6 +83,9 @@ class DemoJob:
     cpus: float | None = None
     env: dict[str, str] = field(default_factory=dict)
     workers: int = 1
+    # What the simulated GPUs show for it (`CORRAL_SIM_LOAD`): busy training, an idle
+    # notebook, a light evaluation.
+    load: str = "util:90,mem:30GiB"
 
     def request(self, seed: int) -> JobSubmit:
         return JobSubmit(
@@ -97,6 +100,7 @@ class DemoJob:
                 "EPOCHS": str(self.epochs),
                 "STEP_SECONDS": f"{self.step_seconds:g}",
                 "SEED": str(seed),
+                **({"CORRAL_SIM_LOAD": self.load} if self.load else {}),
                 **self.env,
             },
         )
@@ -111,13 +115,13 @@ class DemoJob:
 
 # In submission order; the comments say where the best-fit FIFO policy puts them.
 JOBS: tuple[DemoJob, ...] = (
-    DemoJob("resnet50-baseline", "alice", "team-a", 4, 40, 3),  # fills demo-node-3
+    DemoJob("resnet50-baseline", "alice", "team-a", 4, 40, 3, load="util:97,mem:18GiB"),
     DemoJob("llama-finetune", "bob", "team-b", 8, 60, 3),  # fills one A100 node
-    DemoJob("bert-large", "alice", "team-a", 2, 30, 3),
+    DemoJob("bert-large", "alice", "team-a", 2, 30, 3, load="util:72,mem:14GiB"),
     DemoJob("diffusion-xl", "bob", "team-c", 4, 50, 3),
     DemoJob("eval-broken", "bob", "team-b", 1, 0, 3, script=FAILING_SCRIPT),  # exit 1
     DemoJob("sweep-lr-1e-3", "alice", "team-b", 1, 15, 2),  # the cluster is now full
-    DemoJob("data-prep", "bob", "team-c", 0, 20, 2, cpus=1),  # CPU only: runs anyway
+    DemoJob("data-prep", "bob", "team-c", 0, 20, 2, cpus=1, load=""),  # CPU only: runs anyway
     DemoJob("gpt-pretrain", "alice", "team-a", 8, 80, 3),  # waits for a whole node
     DemoJob(
         "notebook-alice",
@@ -128,12 +132,13 @@ JOBS: tuple[DemoJob, ...] = (
         10,
         script=NOTEBOOK_SCRIPT,
         kind=JobKind.INTERACTIVE,
+        load="util:3,mem:6GiB",
     ),
     DemoJob("vit-small", "bob", "team-c", 2, 30, 2),
     DemoJob("sweep-lr-3e-4", "alice", "team-b", 1, 20, 2),
     DemoJob("whisper-asr", "bob", "team-b", 2, 40, 3),
-    DemoJob("eval-half-a", "bob", "team-c", 0.5, 30, 2),  # these two share one GPU
-    DemoJob("eval-half-b", "bob", "team-c", 0.5, 30, 2),
+    DemoJob("eval-half-a", "bob", "team-c", 0.5, 30, 2, load="util:35,mem:9GiB"),  # share a GPU
+    DemoJob("eval-half-b", "bob", "team-c", 0.5, 30, 2, load="util:40,mem:11GiB"),
     DemoJob("ddp-2x2", "alice", "team-a", 2, 40, 3, workers=2),  # a gang: both or neither
 )
 
