@@ -5,7 +5,8 @@ a gang has one worker, rank 0; a gang's workers are separate assignments, severa
 which may land on this node, and each is its own process, job directory, log and
 reports. Fencing, "an older attempt is still ending here" and ``after`` are per job.
 
-Each `tick` (about every 0.1 s, or at once when a new desired state arrives):
+Each `tick` (at once when a job it started exits or a new desired state arrives; else
+every second, or every 0.1 s while a stop waits for its SIGKILL deadline):
 
 - starts assignments that are not running and not finished here, unless a newer attempt
   of the same job was already seen (fencing after a partition);
@@ -71,6 +72,7 @@ class Supervisor:
         state_dir: Path,
         say: Callable[[str], None],
         interval_seconds: float = 0.1,
+        idle_seconds: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
@@ -81,6 +83,7 @@ class Supervisor:
         self.logs = logs
         self.state_dir = state_dir
         self.interval_seconds = interval_seconds
+        self.idle_seconds = idle_seconds
         self.wake = threading.Event()
         self.ticks = 0
         self._say = say
@@ -124,8 +127,17 @@ class Supervisor:
                 self.tick()
             except Exception:  # a bug must not leave every job unsupervised
                 log.exception("supervisor tick failed")
-            self.wake.wait(self.interval_seconds)
+            self.wake.wait(self._pause())
             self.wake.clear()
+
+    def _pause(self) -> float:
+        """How long to sleep unless woken: ``interval_seconds`` while a stop is under way
+        (its SIGKILL is due at a deadline), else ``idle_seconds``. Exits of the jobs it
+        started and new desired states wake it at once; the idle tick catches the exits
+        of re-adopted jobs (not its children) and anything else that slipped by."""
+        if any(live.stop_reason is not None for live in self._live.values()):
+            return self.interval_seconds
+        return self.idle_seconds
 
     def tick(self) -> None:
         snapshot = self.desired.snapshot()

@@ -885,16 +885,22 @@ def test_simulated_skips_unreadable_and_vanished_processes(proc: Path) -> None:
 
 
 def test_simulated_reads_each_environment_once_per_process(proc: Path) -> None:
-    backend = SimulatedBackend("2xA10", "node-a", proc_root=proc)
+    now = [0.0]
+    backend = SimulatedBackend("2xA10", "node-a", proc_root=proc, clock=lambda: now[0])
     write_process(proc, 900, _job_env("0", "util:40"), start=111)
     assert [p.pid for p in backend.sample()[0].processes] == [900]
     # Same PID and start time: the environment is not read again (it cannot change).
     (proc / "900" / "environ").write_bytes(b"CORRAL_NODE=node-z\0")
+    now[0] += 60
     assert [p.pid for p in backend.sample()[0].processes] == [900]
-    # The PID reused by a new process (another start time): read afresh.
+    # The PID reused by a new process (another start time): read afresh once its stat
+    # is checked again (every RECHECK_SECONDS; in between, the listing is enough).
     write_process(proc, 900, {"CORRAL_NODE": "node-a"}, start=222)
+    assert [p.pid for p in backend.sample()[0].processes] == [900]
+    now[0] += 10
     assert backend.sample()[0].processes == []
     write_process(proc, 900, _job_env("1"), start=333)
+    now[0] += 10
     assert [p.pid for p in backend.sample()[1].processes] == [900]
     # Ended processes disappear.
     for entry in (proc / "900").iterdir():
