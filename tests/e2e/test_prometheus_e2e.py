@@ -277,7 +277,6 @@ def wait_for_value(
 def test_prometheus_scrapes_dcgm_names_and_corral_series(
     prometheus: Prometheus, cluster: LocalCluster
 ) -> None:
-    started = time.monotonic()
     node_token = register_node(cluster)
     push_sample(cluster, node_token)
     # A Corral job holding a GPU: its name is the series' `job` label, which Prometheus
@@ -320,7 +319,27 @@ def test_prometheus_scrapes_dcgm_names_and_corral_series(
     assert fb["metric"]["gpu"] == "0"
 
     check_dashboard_queries(prometheus)
-    assert time.monotonic() - started < 30
+
+
+def test_prometheus_sees_what_a_real_agent_reported(
+    prometheus: Prometheus, cluster: LocalCluster
+) -> None:
+    """The whole path: a job's process on a real agent's simulated GPU declares a load,
+    the agent samples and ships it, the server exports it, Prometheus scrapes it."""
+    cluster.start_agent("corral-prom-agent", "2xA100-80GB")
+    cluster.cli(
+        "submit", "loaded", "-g", "1", "-e", "CORRAL_SIM_LOAD=util:61,mem:12GiB",
+        "--", "sleep", "60",
+    )  # fmt: skip
+    [gpu] = cluster.wait_job("loaded", {"running"}, timeout=20)["gpu_ids"]
+    util = wait_for_value(
+        prometheus, f'DCGM_FI_DEV_GPU_UTIL{{hostname="corral-prom-agent",gpu="{gpu}"}}', 61.0
+    )
+    assert util["metric"]["exported_job"] == "loaded"
+    # 12 GiB declared, plus the few MiB the simulated driver itself holds on a GPU.
+    series = f'DCGM_FI_DEV_FB_USED{{hostname="corral-prom-agent",gpu="{gpu}"}}'
+    used = wait_for_value(prometheus, f"({series} >= bool 12288) * ({series} < bool 12352)", 1.0)
+    assert used["metric"]["user"] == "admin"
 
 
 def check_dashboard_queries(prom: Prometheus) -> None:
