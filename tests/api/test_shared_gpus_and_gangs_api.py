@@ -261,9 +261,20 @@ def test_a_failed_worker_stops_the_others_and_the_gang_fails(server: Harness) ->
     server.sync(n1, [report(job, "running", 0, pid=10)])
     server.sync(n2, [report(job, "running", 1, pid=20)])
 
+    woken: list[set[int]] = []
+    real = server.ctx.signals.nodes_changed
+    server.ctx.signals.nodes_changed = lambda ids: (woken.append(set(ids)), real(ids))[1]  # type: ignore[method-assign]
     server.sync(n2, [report(job, "exited", 1, exit_code=3)])
+    server.ctx.signals.nodes_changed = real  # type: ignore[method-assign]
     job = server.job("gang")
     assert job["state"] == "stopping"
+    # n1's long poll is woken at once: its worker is to be stopped now, not at the next
+    # heartbeat.
+    with server.ctx.db.read() as s:
+        from corral.store.models import Node
+
+        n1_id = s.scalar(select(Node.id).where(Node.name == "n1"))
+    assert any(n1_id in ids for ids in woken)
     assert job["reason"] == "worker 1 on n2 exited with code 3: stopping the other workers"
     assert assignments(server, n1)[("gang", 0)]["stop"] is True
     assert len(allocations(server)) == 8  # held until every worker is gone

@@ -61,6 +61,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from corral.agent.gpus.base import GIB, GpuInventory, describe_models, merge_processes, plural
+from corral.agent.hostmetrics import read_small
 from corral.core.schemas import GpuInfo, MigInstance
 from corral.core.telemetry import GpuProcess, GpuSample, MigSample, XidEvent
 
@@ -469,7 +470,7 @@ class _ProcessTable:
                 if cached is not None and cached[0] == start:
                     load = cached[2]
                 else:
-                    environ = _read_bytes(f"{self._root}/{pid}/environ")
+                    environ = read_small(f"{self._root}/{pid}/environ")
                     load = None if environ is None else parse(environ)
                 seen[pid] = (start, parent, load, now)
         self._cache = seen  # forget the processes that ended
@@ -483,7 +484,7 @@ class _ProcessTable:
 
 def _read_stat(path: str) -> tuple[int, int] | None:
     """(parent PID, start time in clock ticks) from /proc/<pid>/stat, or None."""
-    raw = _read_bytes(path)
+    raw = read_small(path)
     if raw is None:
         return None
     # "pid (comm) state ppid … starttime …": comm may hold spaces and parentheses.
@@ -492,20 +493,3 @@ def _read_stat(path: str) -> tuple[int, int] | None:
         return int(fields[1]), int(fields[19])
     except (IndexError, ValueError):
         return None
-
-
-def _read_bytes(path: str) -> bytes | None:
-    """A small procfs file without Python's file objects (several times cheaper)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        chunks = []
-        while chunk := os.read(fd, 65536):
-            chunks.append(chunk)
-        return b"".join(chunks)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)

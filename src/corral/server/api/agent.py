@@ -82,8 +82,10 @@ def _apply(
         node = _node(s, node_id)
         if node_service.heartbeat_due(node, now, HEARTBEAT_WRITE_SECONDS):
             node_service.heartbeat(s, node, now)
-        freed = node_service.apply_reports(s, node, req.reports, now)
+        freed, changed = node_service.apply_reports(s, node, req.reports, now)
         result = node.generation, answer(s, node)
+    if changed:
+        ctx.signals.nodes_changed(changed)
     if freed:
         ctx.signals.wake_scheduler(now=True)
     return result

@@ -156,10 +156,7 @@ def project_series(
 ) -> SeriesList:
     """Projects over time: GPUs allocated (and quota, fair share, pending jobs), as
     recorded every 15 s from the scheduler's last cycle."""
-    s, e, res = _window(ctx, start, end, resolution)
-    in_: dict[str, Sequence[Any]] | None = {"project": project} if project else None
-    metrics = metric or ["allocated_gpus"]
-    return _list(s, e, res, _series(ctx, "project", metrics, s, e, res, {}, in_))
+    return _named(ctx, "project", project, metric, start, end, resolution)
 
 
 @router.get("/users", response_model=SeriesList)
@@ -176,10 +173,23 @@ def user_series(
     resolution: ResolutionQuery = "auto",
 ) -> SeriesList:
     """Users over time: GPUs their jobs held and how many jobs held GPUs."""
+    return _named(ctx, "user", user, metric, start, end, resolution)
+
+
+def _named(
+    ctx: ServerContext,
+    family: Literal["project", "user"],
+    names: list[str] | None,
+    metric: list[str] | None,
+    start: datetime | None,
+    end: datetime | None,
+    resolution: str,
+) -> SeriesList:
+    """Series of projects or users (all, or those named); default metric allocated_gpus."""
     s, e, res = _window(ctx, start, end, resolution)
-    in_: dict[str, Sequence[Any]] | None = {"user": user} if user else None
+    in_: dict[str, Sequence[Any]] | None = {family: names} if names else None
     metrics = metric or ["allocated_gpus"]
-    return _list(s, e, res, _series(ctx, "user", metrics, s, e, res, {}, in_))
+    return _list(s, e, res, _series(ctx, family, metrics, s, e, res, {}, in_))
 
 
 @router.get("/jobs/{project}/{name}", response_model=SeriesList)

@@ -283,7 +283,7 @@ def delete_job(session: Session, caller: Caller, job: Job, now: datetime) -> set
             actor=caller.name,
             reason=message,
         )
-        return _bump_generation(session, job)
+        return notify_job_nodes(session, job)
     record_event(session, job, "deleted", message, now, caller.name)
     return set()
 
@@ -300,14 +300,21 @@ def job_node_ids(session: Session, job: Job) -> set[int]:
     return ids
 
 
-def _bump_generation(session: Session, job: Job) -> set[int]:
-    """Tell every node of the job that its desired state changed."""
-    ids = job_node_ids(session, job)
-    for node_id in ids:
+def notify_nodes(session: Session, node_ids: set[int]) -> set[int]:
+    """Bump the generation of each node (its desired state changed: its agent's long
+    poll must answer); returns the ids of those that exist, for `Signals.nodes_changed`."""
+    bumped = set()
+    for node_id in node_ids:
         node = session.get(Node, node_id)
-        assert node is not None
-        node.generation += 1
-    return ids
+        if node is not None:
+            node.generation += 1
+            bumped.add(node_id)
+    return bumped
+
+
+def notify_job_nodes(session: Session, job: Job) -> set[int]:
+    """Tell every node of the job (each gang worker's) that its desired state changed."""
+    return notify_nodes(session, job_node_ids(session, job))
 
 
 def shown_reason(job: Job) -> str | None:

@@ -9,8 +9,8 @@ from sqlalchemy.orm import Session
 
 from corral.core.quantities import format_duration
 from corral.core.states import JobKind, JobState
-from corral.server.services.jobs import change_state
-from corral.store.models import Job, Node, Project
+from corral.server.services.jobs import change_state, notify_job_nodes
+from corral.store.models import Job, Project
 
 
 def stop_overdue_interactive(session: Session, now: datetime) -> set[int]:
@@ -38,9 +38,5 @@ def stop_overdue_interactive(session: Session, now: datetime) -> set[int]:
             f"({format_duration(limit)}) reached"
         )
         change_state(session, job, JobState.STOPPING, now, reason, reason=reason)
-        if job.node_id is not None:
-            node = session.get(Node, job.node_id)
-            assert node is not None
-            node.generation += 1
-            changed.add(node.id)
+        changed |= notify_job_nodes(session, job)
     return changed

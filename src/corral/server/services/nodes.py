@@ -12,7 +12,12 @@ from corral.core import schemas
 from corral.core.errors import Forbidden, NotFound
 from corral.core.states import JobKind, JobState, NodeState
 from corral.server.services.auth import NODE_PREFIX, hash_token, new_secret
-from corral.server.services.jobs import change_state, job_node_ids
+from corral.server.services.jobs import (
+    change_state,
+    job_node_ids,
+    notify_job_nodes,
+    notify_nodes,
+)
 from corral.store.models import (
     Gpu,
     GpuAllocation,
@@ -150,21 +155,24 @@ _JOB_ALONE = (lazyload(Job.project), lazyload(Job.user), lazyload(Job.node))
 
 def apply_reports(
     session: Session, node: Node, reports: list[schemas.JobReport], now: datetime
-) -> bool:
-    """Apply an agent's job reports. Returns True when a job ended (devices were freed).
+) -> tuple[bool, set[int]]:
+    """Apply an agent's job reports. Returns whether a job ended (devices were freed),
+    and the ids of other nodes whose desired state changed (a gang's other workers, to
+    be stopped when one failed).
 
     Reports for another node or an older attempt are stale (the job was rebound since)
     and ignored; repeated reports are harmless because the state machine only moves
     forwards.
     """
     freed = False
+    changed: set[int] = set()
     for report in reports:
         # Nothing here needs the job's project, user or node (joined by default).
         job = session.get(Job, report.job_id, options=_JOB_ALONE)
         if job is None or job.attempt != report.attempt:
             continue
         if job.workers > 1:
-            freed = _gang_report(session, job, report, node, now) or freed
+            freed = _gang_report(session, job, report, node, now, changed) or freed
             continue
         if job.node_id != node.id or report.rank != 0:
             continue
@@ -183,16 +191,22 @@ def apply_reports(
         elif report.state in ("exited", "failed") and state.holds_devices:
             freed = True
             _finish(session, job, report, node, at)
-    return freed
+    return freed, changed
 
 
 _ENDED = ("exited", "failed")
 
 
 def _gang_report(
-    session: Session, job: Job, report: schemas.JobReport, node: Node, now: datetime
+    session: Session,
+    job: Job,
+    report: schemas.JobReport,
+    node: Node,
+    now: datetime,
+    changed: set[int],
 ) -> bool:
-    """Apply one worker's report to its gang. Returns True when the job ended.
+    """Apply one worker's report to its gang. Returns True when the job ended; adds to
+    ``changed`` the nodes whose desired state changed (the other workers', to stop).
 
     The job runs once every worker runs; it succeeds once every worker exited with 0. A
     worker that fails (or exits non-zero) stops the others, and the job ends failed once
@@ -242,10 +256,7 @@ def _gang_report(
         if any(w.state not in _ENDED for w in workers):
             message = f"{where} {what}: stopping the other workers"
             change_state(session, job, JobState.STOPPING, at, message, reason=message)
-            for node_id in job_node_ids(session, job):
-                other = session.get(Node, node_id)
-                if other is not None:
-                    other.generation += 1
+            changed.update(notify_job_nodes(session, job))
             return False
         change_state(session, job, JobState.FAILED, at, f"{where} {what}", reason=f"{where} {what}")
         return True
@@ -259,16 +270,7 @@ def _finish_gang(session: Session, job: Job, workers: list[JobWorker], at: datet
     """Every worker of the gang is gone: the job's end."""
     state = JobState(job.state)
     if state is JobState.STOPPING and job.preempted_by_id and not job.deleted:
-        reason = job.reason
-        change_state(
-            session,
-            job,
-            JobState.PREEMPTED,
-            at,
-            "all workers stopped after preemption",
-            reason=reason,
-        )
-        requeue(session, job, at, reason)
+        _preempted(session, job, at, "all workers stopped after preemption")
     elif job.failed_worker is not None:
         change_state(
             session,
@@ -303,16 +305,7 @@ def _finish(
         )
     elif JobState(job.state) is JobState.STOPPING and job.preempted_by_id and not job.deleted:
         code = "unknown" if report.exit_code is None else str(report.exit_code)
-        reason = job.reason
-        change_state(
-            session,
-            job,
-            JobState.PREEMPTED,
-            at,
-            f"stopped on {node.name} after preemption (exit code {code})",
-            reason=reason,
-        )
-        requeue(session, job, at, reason)
+        _preempted(session, job, at, f"stopped on {node.name} after preemption (exit code {code})")
     elif JobState(job.state) is JobState.STOPPING:
         code = "unknown" if report.exit_code is None else str(report.exit_code)
         change_state(
@@ -343,6 +336,13 @@ def _finish(
             f"exited with code {report.exit_code} on {node.name}{detail}",
             reason=f"exited with code {report.exit_code}",
         )
+
+
+def _preempted(session: Session, job: Job, at: datetime, message: str) -> None:
+    """A preempted job is gone from its node(s): record it, and back to the queue."""
+    reason = job.reason
+    change_state(session, job, JobState.PREEMPTED, at, message, reason=reason)
+    requeue(session, job, at, reason)
 
 
 def requeue(session: Session, job: Job, at: datetime, reason: str | None) -> None:
@@ -522,11 +522,7 @@ def check_liveness(
                 # A gang's workers on other nodes must stop too: tell their nodes.
                 others = job_node_ids(session, job) - {node.id}
                 change_state(session, job, JobState.LOST, now, reason, reason=reason)
-                for other_id in others:
-                    other = session.get(Node, other_id)
-                    if other is not None:
-                        other.generation += 1
-                        changed.add(other_id)
+                changed |= notify_nodes(session, others)
                 freed = True
             node.generation += 1
             changed.add(node.id)

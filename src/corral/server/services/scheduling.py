@@ -38,7 +38,7 @@ from corral.scheduler import (
     SchedulerConfig,
     Snapshot,
 )
-from corral.server.services.jobs import change_state, job_node_ids, release_devices
+from corral.server.services.jobs import change_state, notify_job_nodes, release_devices
 from corral.server.services.nodes import HOLDING_STATES
 from corral.store.models import GpuAllocation, GpuShare, Job, JobWorker, MigInstance, Node, Project
 
@@ -245,11 +245,7 @@ def _preempt(session: Session, p: Preemption, now: datetime, result: CycleResult
     victim.preempted_by_id = by.id
     # Its devices now belong to the job that preempted it (bound below, same transaction).
     release_devices(session, victim)
-    for node_id in job_node_ids(session, victim):
-        node = session.get(Node, node_id)
-        assert node is not None
-        node.generation += 1
-        result.changed_nodes.add(node.id)
+    result.changed_nodes |= notify_job_nodes(session, victim)
     result.preempted += 1
 
 
