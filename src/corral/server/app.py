@@ -22,6 +22,7 @@ from corral.server.loops.cycles import (
     SchedulerLoop,
     UsageHistoryLoop,
 )
+from corral.server.web.app import install_web
 
 log = logging.getLogger("corral.server")
 
@@ -80,4 +81,5 @@ def create_app(ctx: ServerContext, *, run_loops: bool = True) -> FastAPI:
         api.include_router(router)
     app.include_router(api)
     app.include_router(metrics.prometheus_router)  # at /metrics, where Prometheus looks
+    install_web(app)  # the dashboard at /
     return app

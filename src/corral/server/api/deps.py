@@ -24,12 +24,23 @@ async def get_ctx(request: Request) -> ServerContext:
 CtxDep = Annotated[ServerContext, Depends(get_ctx)]
 
 
+# The dashboard's session cookie holds the user's API token (HttpOnly, SameSite=Strict).
+SESSION_COOKIE = "corral_session"
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
 async def bearer_token(request: Request) -> str:
+    """The caller's token: the ``Authorization: Bearer`` header, or, for reads only, the
+    dashboard's session cookie (so its charts can call the API; a cookie never
+    authorizes a change, which keeps cross-site request forgery out)."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthorized("missing token: log in with `corral login` or set CORRAL_TOKEN")
-    return token.strip()
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    cookie = request.cookies.get(SESSION_COOKIE, "")
+    if cookie and request.method in _SAFE_METHODS:
+        return cookie
+    raise Unauthorized("missing token: log in with `corral login` or set CORRAL_TOKEN")
 
 
 TokenDep = Annotated[str, Depends(bearer_token)]

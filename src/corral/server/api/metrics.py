@@ -176,6 +176,27 @@ def user_series(
     return _named(ctx, "user", user, metric, start, end, resolution)
 
 
+@router.get("/cluster", response_model=SeriesList)
+def cluster_series(
+    ctx: CtxDep,
+    caller: CallerDep,
+    metric: Annotated[
+        list[str] | None,
+        Query(
+            description="utilization_percent (mean over GPUs), gpus_total, gpus_allocated, "
+            "gpus_unmanaged, jobs_running, jobs_pending (default: utilization_percent)"
+        ),
+    ] = None,
+    start: StartQuery = None,
+    end: EndQuery = None,
+    resolution: ResolutionQuery = "auto",
+) -> SeriesList:
+    """The whole cluster over time, recorded every 15 s."""
+    s, e, res = _window(ctx, start, end, resolution)
+    metrics = metric or ["utilization_percent"]
+    return _list(s, e, res, _series(ctx, "cluster", metrics, s, e, res, {}))
+
+
 def _named(
     ctx: ServerContext,
     family: Literal["project", "user"],

@@ -96,8 +96,9 @@ class MetricsMaintenanceLoop(LoopService):
 
 class UsageHistoryLoop(LoopService):
     """Records, every ``usage_history_interval``, each project's quota, fair share,
-    allocated GPUs and pending jobs and each user's GPUs held: the history behind "GPUs
-    per project over time"."""
+    allocated GPUs and pending jobs, each user's GPUs held, and the cluster's GPUs and
+    mean utilization: the history behind "GPUs per project over time" and the
+    overview's utilization chart."""
 
     name = "usage-history"
 
@@ -109,8 +110,11 @@ class UsageHistoryLoop(LoopService):
         t = int(self.ctx.clock.now().timestamp())
         with self.ctx.db.read() as s:
             projects, users = monitoring.usage_rows(s, dict(self.ctx.scheduling.shares), t)
+            now = monitoring.cluster_now(s, self.ctx.metrics, self.ctx.clock.now())
+            summary = monitoring.summarize(s, now)
         self.ctx.metrics.store.add("project", projects)
         self.ctx.metrics.store.add("user", users)
+        self.ctx.metrics.store.add("cluster", [monitoring.cluster_row(summary, t)])
 
     async def run_once(self) -> None:
         await asyncio.to_thread(self.record)

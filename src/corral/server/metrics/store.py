@@ -42,7 +42,7 @@ from sqlalchemy import (
     select,
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 ROLLUP_LAG = 120  # seconds after a bucket ends before it is rolled up
 
 Resolution = Literal["raw", "1m", "1h"]
@@ -73,6 +73,14 @@ HOST_METRICS = (
 JOB_METRICS = ("cpu_percent", "memory_bytes")
 PROJECT_METRICS = ("quota_gpus", "fair_share_gpus", "allocated_gpus", "pending_jobs")
 USER_METRICS = ("allocated_gpus", "running_jobs")
+CLUSTER_METRICS = (
+    "utilization_percent",
+    "gpus_total",
+    "gpus_allocated",
+    "gpus_unmanaged",
+    "jobs_running",
+    "jobs_pending",
+)
 
 
 @dataclass(frozen=True)
@@ -107,8 +115,9 @@ FAMILIES = {
     ),
     "project": _Family("project", (("project", String(63)),), PROJECT_METRICS),
     "user": _Family("user", (("user", String(63)),), USER_METRICS),
+    "cluster": _Family("cluster", (("cluster", String(16)),), CLUSTER_METRICS),
 }
-Family = Literal["gpu", "host", "job", "project", "user"]
+Family = Literal["gpu", "host", "job", "project", "user", "cluster"]
 
 
 def _tables(metadata: MetaData) -> dict[tuple[str, Resolution], Table]:

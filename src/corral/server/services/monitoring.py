@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from corral.core.states import JobState
 from corral.core.telemetry import ClusterNow, GpuNow, JobRef, NodeNow
 from corral.scheduler import ProjectShare
 from corral.scheduler.units import MIG_COMPUTE_SLICES, mig_profile_slices
@@ -197,3 +199,74 @@ def usage_rows(
         for user, (gpus, jobs) in sorted(held.items())
     ]
     return projects, users
+
+
+@dataclass(frozen=True)
+class ClusterSummary:
+    """The overview's numbers: nodes by state, GPUs by use, jobs, utilization now."""
+
+    nodes: dict[str, int]
+    gpus_total: int
+    gpus_allocated: int
+    gpus_idle_allocated: int  # held by a job but under IDLE_PERCENT busy
+    gpus_free: int
+    gpus_unmanaged: int
+    jobs_running: int
+    jobs_pending: int
+    utilization_percent: float | None  # mean over GPUs with a sample; None: no samples
+
+
+IDLE_PERCENT = 5.0
+
+
+def summarize(session: Session, now: ClusterNow) -> ClusterSummary:
+    nodes: dict[str, int] = {}
+    total = allocated = idle = free = unmanaged = 0
+    utils: list[float] = []
+    for node in now.nodes:
+        nodes[node.state] = nodes.get(node.state, 0) + 1
+        for gpu in node.gpus:
+            total += 1
+            util = gpu.sample.utilization_percent if gpu.sample is not None else None
+            if util is not None:
+                utils.append(util)
+            if gpu.unmanaged:
+                unmanaged += 1
+            elif gpu.jobs:
+                allocated += 1
+                if util is not None and util < IDLE_PERCENT:
+                    idle += 1
+            elif node.state == "ready":
+                free += 1
+    counts: dict[str, int] = {}
+    for state, count in session.execute(
+        select(Job.state, func.count())
+        .where(Job.state.in_([JobState.RUNNING.value, JobState.PENDING.value]))
+        .group_by(Job.state)
+    ):
+        counts[state] = count
+    return ClusterSummary(
+        nodes=nodes,
+        gpus_total=total,
+        gpus_allocated=allocated,
+        gpus_idle_allocated=idle,
+        gpus_free=free,
+        gpus_unmanaged=unmanaged,
+        jobs_running=int(counts.get(JobState.RUNNING.value, 0)),
+        jobs_pending=int(counts.get(JobState.PENDING.value, 0)),
+        utilization_percent=sum(utils) / len(utils) if utils else None,
+    )
+
+
+def cluster_row(summary: ClusterSummary, t: int) -> dict[str, object]:
+    """The summary as one row of the cluster history."""
+    return {
+        "cluster": "all",
+        "t": t,
+        "utilization_percent": summary.utilization_percent,
+        "gpus_total": float(summary.gpus_total),
+        "gpus_allocated": float(summary.gpus_allocated),
+        "gpus_unmanaged": float(summary.gpus_unmanaged),
+        "jobs_running": float(summary.jobs_running),
+        "jobs_pending": float(summary.jobs_pending),
+    }

@@ -1,0 +1,71 @@
+// Corral dashboard: draws every <div class="chart" data-series="URL"> with uPlot from the
+// API's SeriesList JSON (one line per series), and redraws it every 30 s.
+"use strict";
+
+(function () {
+  const palette = ["#2563eb", "#16a34a", "#d97706", "#dc2626", "#7c3aed", "#0891b2", "#db2777", "#65a30d"];
+
+  function label(s) {
+    const key = Object.entries(s.key).filter(([k]) => k !== "cluster").map(([k, v]) => `${k} ${v}`).join(" ");
+    return key ? `${key} ${s.metric}` : s.metric;
+  }
+
+  function toColumns(series) {
+    // Align every series on the union of their timestamps (uPlot wants one x array).
+    const xs = Array.from(new Set(series.flatMap((s) => s.points.map((p) => p[0])))).sort((a, b) => a - b);
+    const index = new Map(xs.map((x, i) => [x, i]));
+    const ys = series.map((s) => {
+      const col = new Array(xs.length).fill(null);
+      for (const [t, v] of s.points) col[index.get(t)] = v;
+      return col;
+    });
+    return [xs, ...ys];
+  }
+
+  async function draw(el) {
+    const url = el.dataset.series;
+    let body;
+    try {
+      const r = await fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } });
+      if (!r.ok) throw new Error(`HTTP ${r.status}`);
+      body = await r.json();
+    } catch (e) {
+      el.innerHTML = `<div class="nodata">could not load the data (${e.message})</div>`;
+      return;
+    }
+    const series = body.series || [];
+    el.dataset.points = String(series.reduce((n, s) => n + s.points.length, 0));
+    if (!series.length || el.dataset.points === "0") {
+      el.innerHTML = '<div class="nodata">no data for this period yet</div>';
+      return;
+    }
+    const unit = el.dataset.unit || "";
+    const scale = Number(el.dataset.scale || "1");
+    const data = toColumns(series).map((col, i) => (i === 0 || scale === 1 ? col : col.map((v) => (v == null ? null : v / scale))));
+    const opts = {
+      width: Math.max(300, el.clientWidth),
+      height: Number(el.dataset.height || "220"),
+      series: [{}, ...series.map((s, i) => ({
+        label: el.dataset.label && series.length === 1 ? el.dataset.label : label(s),
+        stroke: palette[i % palette.length],
+        width: 1.5,
+        value: (u, v) => (v == null ? "n/a" : `${v.toFixed(1)}${unit}`),
+      }))],
+      axes: [{}, { values: (u, vals) => vals.map((v) => `${v}${unit}`) }],
+      scales: el.dataset.max ? { y: { range: [0, Number(el.dataset.max)] } } : {},
+    };
+    el.innerHTML = "";
+    el.classList.add("drawn");
+    new uPlot(opts, data, el);
+  }
+
+  function drawAll(root) {
+    root.querySelectorAll(".chart[data-series]").forEach((el) => draw(el));
+  }
+
+  document.addEventListener("DOMContentLoaded", () => {
+    drawAll(document);
+    setInterval(() => drawAll(document), 30000);
+  });
+  document.addEventListener("htmx:afterSwap", (e) => drawAll(e.target));
+})();
