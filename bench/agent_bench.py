@@ -52,7 +52,6 @@ import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import httpx
@@ -62,6 +61,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
 from bench import machine  # noqa: E402
+from bench.interrupts import clean_interrupts  # noqa: E402
 from support.cluster import LocalCluster, free_port, wait_for  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "agent.json"
@@ -538,15 +538,6 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 2) if a is not None and b else None
 
 
-def _interrupted(signum: int, frame: FrameType | None) -> None:
-    """SIGTERM or SIGINT: unwind through the finally blocks that stop processes. Later
-    ones are ignored, so that they cannot cut the clean-up short (``timeout`` sends its
-    signal twice, to the process and to its group; Ctrl-C may be pressed again)."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.agent_bench", description=__doc__.split("\n\n")[0]
@@ -568,41 +559,38 @@ def main(argv: list[str] | None = None) -> int:
     if args.jobs > GPUS:
         parser.error(f"--jobs: at most {GPUS} (one GPU each)")
 
-    previous = {sig: signal.signal(sig, _interrupted) for sig in (signal.SIGTERM, signal.SIGINT)}
     runs: list[dict[str, Any]] = []
     try:
-        exporter: str | None = None
-        unavailable: str | None = "not wanted (--no-node-exporter)"
-        if not args.no_node_exporter:
-            exporter, unavailable = ensure_node_exporter()
-        if exporter is None:
-            _say(f"!!! node_exporter unavailable: {unavailable}; measuring the agent alone")
-        _say(
-            f"agent: one agent with {PROFILE} (simulated), {args.jobs} jobs, "
-            f"{args.processes} extra processes ({args.gpu_processes} on the GPUs); "
-            f"warm-up {args.warmup:g} s, window {args.window:g} s, {args.runs} run(s)"
-        )
-        for n in range(args.runs):
-            result = run_once(
-                window=args.window,
-                warmup=args.warmup,
-                processes=args.processes,
-                gpu_processes=args.gpu_processes,
-                jobs=args.jobs,
-                exporter=exporter,
-                keep=args.keep,
+        with clean_interrupts():
+            exporter: str | None = None
+            unavailable: str | None = "not wanted (--no-node-exporter)"
+            if not args.no_node_exporter:
+                exporter, unavailable = ensure_node_exporter()
+            if exporter is None:
+                _say(f"!!! node_exporter unavailable: {unavailable}; measuring the agent alone")
+            _say(
+                f"agent: one agent with {PROFILE} (simulated), {args.jobs} jobs, "
+                f"{args.processes} extra processes ({args.gpu_processes} on the GPUs); "
+                f"warm-up {args.warmup:g} s, window {args.window:g} s, {args.runs} run(s)"
             )
-            runs.append(result)
-            _say(f"  run {n + 1}: {_one_line(result)}")
+            for n in range(args.runs):
+                result = run_once(
+                    window=args.window,
+                    warmup=args.warmup,
+                    processes=args.processes,
+                    gpu_processes=args.gpu_processes,
+                    jobs=args.jobs,
+                    exporter=exporter,
+                    keep=args.keep,
+                )
+                runs.append(result)
+                _say(f"  run {n + 1}: {_one_line(result)}")
     except KeyboardInterrupt:
         _say("interrupted; every process it started was stopped")
         return 130
     except Exception as exc:
         _say(f"error: {type(exc).__name__}: {exc} (every process it started was stopped)")
         return 1
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
     fields = ("cpu_seconds", "cpu_percent_of_one_core", "peak_rss_mib", "vmhwm_mib")
     agent = _median_figures(runs, "agent", (*fields, "samples_received"))

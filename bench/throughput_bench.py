@@ -31,7 +31,6 @@ import argparse
 import itertools
 import json
 import shutil
-import signal
 import statistics
 import sys
 import tempfile
@@ -40,7 +39,6 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import httpx
@@ -50,6 +48,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
 from bench import machine  # noqa: E402
+from bench.interrupts import clean_interrupts  # noqa: E402
 from support.cluster import LocalCluster  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "throughput.json"
@@ -267,10 +266,6 @@ def _say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt  # unwinds through the finally blocks that stop processes
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.throughput_bench", description=__doc__.split("\n\n")[0]
@@ -286,7 +281,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     gpus = args.agents * args.gpus_per_agent
     ideal = args.jobs * 1.0 / gpus
     _say(
@@ -295,26 +289,25 @@ def main(argv: list[str] | None = None) -> int:
     )
     runs: list[dict[str, Any]] = []
     try:
-        for n in range(args.runs):
-            result = run_once(
-                jobs=args.jobs,
-                agents=args.agents,
-                gpus_per_agent=args.gpus_per_agent,
-                threads=args.threads,
-                timeout=args.timeout,
-                phases=not args.no_phases,
-                keep=args.keep,
-            )
-            runs.append(result)
-            _say(f"  run {n + 1}: {_one_line(result)}")
+        with clean_interrupts():
+            for n in range(args.runs):
+                result = run_once(
+                    jobs=args.jobs,
+                    agents=args.agents,
+                    gpus_per_agent=args.gpus_per_agent,
+                    threads=args.threads,
+                    timeout=args.timeout,
+                    phases=not args.no_phases,
+                    keep=args.keep,
+                )
+                runs.append(result)
+                _say(f"  run {n + 1}: {_one_line(result)}")
     except KeyboardInterrupt:
         _say("interrupted; every process it started was stopped")
         return 130
     except Exception as exc:
         _say(f"error: {type(exc).__name__}: {exc} (every process it started was stopped)")
         return 1
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
     all_succeeded = all(r["states"] == {"succeeded": args.jobs} for r in runs)
     makespan = _median_of(runs, "makespan_s")
