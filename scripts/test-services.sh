@@ -8,6 +8,10 @@
 #   (tests/support/postgres.py).
 # - Prometheus (the Debian package `prometheus`): tests/e2e/test_prometheus_e2e.py
 #   starts a private Prometheus server that scrapes a test Corral server's /metrics.
+# - Chromium (the Debian package `chromium`, /usr/bin/chromium): tests/browser/ drives
+#   the web dashboard in a real headless Chromium through Playwright. The Playwright
+#   Python package (in the dev extras) never downloads a browser of its own
+#   (PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1); it launches this one.
 #
 # So this script only *installs* binaries; it never starts a server -- the machines
 # are shared, and a system PostgreSQL on port 5432 or Prometheus on port 9090 is
@@ -171,5 +175,40 @@ ensure_prometheus() {
         "($(command -v prometheus)); the tests start their own server"
 }
 
+# ---------------------------------------------------------------- Chromium
+
+CHROMIUM=/usr/bin/chromium
+
+warn_chromium() {
+    warn_loud Chromium "$1" \
+        "The browser tests (tests/browser/) will be SKIPPED: the web dashboard is" \
+        "UNTESTED in a real browser (set CORRAL_REQUIRE_CHROMIUM=1 to make that a failure)." \
+        "Fix: run scripts/test-services.sh as root on a machine that can reach the" \
+        "     Debian package mirror (it runs: apt-get install chromium)," \
+        "     or install Chromium so that $CHROMIUM exists."
+}
+
+ensure_chromium() {
+    local why
+    if [[ ! -x $CHROMIUM ]]; then
+        why=$(cannot_apt)
+        if [[ -n $why ]]; then
+            warn_chromium "no $CHROMIUM, and $why"
+            return 0
+        fi
+        if ! apt_install chromium; then
+            warn_chromium "$APT_ERROR"
+            return 0
+        fi
+        if [[ ! -x $CHROMIUM ]]; then
+            warn_chromium "apt-get installed chromium, but there is still no $CHROMIUM"
+            return 0
+        fi
+    fi
+    log "Chromium $("$CHROMIUM" --version 2>/dev/null | awk '{ print $2 }') ready ($CHROMIUM);" \
+        "the browser tests start it headless through Playwright"
+}
+
 ensure_postgres
 ensure_prometheus
+ensure_chromium
