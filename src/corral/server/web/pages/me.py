@@ -14,7 +14,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from corral.cli.top import free_report, short_model
@@ -27,12 +27,12 @@ from corral.server.context import ServerContext
 from corral.server.services import monitoring
 from corral.server.services.accounts import Caller
 from corral.server.services.jobs import shown_reason
-from corral.store.models import ApiToken, Job, JoinToken, Node, Project, ProjectMember, User
 from corral.server.web.core import PageCaller, render
+from corral.store.models import ApiToken, Job, JoinToken, Node, Project, ProjectMember, User
 
 router = APIRouter()
 
-LIVE_LIMIT = 500  # live jobs shown on My view (more than anyone runs at once)
+LIVE_LIMIT = 100  # live jobs shown on My view; the jobs page pages through the rest
 FINISHED_LIMIT = 20  # the newest finished jobs shown under them; the jobs page has the rest
 _LIVE = [s.value for s in ACTIVE_JOB_STATES]
 
@@ -48,8 +48,7 @@ class MyJob:
     project: str
     kind: str
     state: str
-    gpus: str  # "2", "4 × 8" (a gang), "0.5 of a GPU", "20GiB of a GPU", "MIG 1g.10gb"
-    held: float  # GPUs it holds now (a MIG instance as its share of the GPU), else 0
+    gpus: str  # "2", "4 x 8" (a gang of 4), "0.5 of a GPU", "20GiB of a GPU", "MIG 1g.10gb"
     node: str | None
     reason: str | None
     live: bool
@@ -67,16 +66,8 @@ def _gpus_text(job: Job) -> str:
     if 0 < job.gpus < 1:
         return f"{job.gpus:g} of a GPU"
     if job.workers > 1:
-        return f"{job.workers} × {job.gpus:g}"
+        return f"{job.workers} x {job.gpus:g}"
     return f"{job.gpus:g}"
-
-
-def _held(job: Job) -> float:
-    if not JobState(job.state).holds_devices:
-        return 0.0
-    if job.mig_profile is not None:
-        return (mig_profile_slices(job.mig_profile) or 0) / MIG_COMPUTE_SLICES
-    return job.gpus * job.workers
 
 
 def _my_job(job: Job, now: datetime) -> MyJob:
@@ -94,7 +85,6 @@ def _my_job(job: Job, now: datetime) -> MyJob:
         kind=job.kind,
         state=job.state,
         gpus=_gpus_text(job),
-        held=_held(job),
         node=node,
         reason=shown_reason(job),
         live=not state.is_terminal,
@@ -105,13 +95,29 @@ def _my_job(job: Job, now: datetime) -> MyJob:
     )
 
 
-def my_jobs(session: Session, caller: Caller, now: datetime) -> tuple[list[MyJob], int]:
-    """The caller's live jobs (newest first), then their newest finished ones; and how many
-    finished jobs they have in all."""
+@dataclass(frozen=True)
+class MyJobs:
+    rows: list[MyJob]  # live jobs (holding GPUs first, then pending), then finished ones
+    live_total: int
+    finished_total: int
+
+    @property
+    def live_shown(self) -> int:
+        return sum(1 for j in self.rows if j.live)
+
+    @property
+    def finished_shown(self) -> int:
+        return sum(1 for j in self.rows if not j.live)
+
+
+def my_jobs(session: Session, caller: Caller, now: datetime) -> MyJobs:
+    """The caller's live jobs (those holding GPUs first, then the waiting ones; newest
+    first in each), then their newest finished ones, and how many of each there are."""
+    waiting = case((Job.state.in_([JobState.PENDING.value, JobState.PREEMPTED.value]), 1), else_=0)
     live = session.scalars(
         select(Job)
         .where(Job.user_id == caller.id, Job.state.in_(_LIVE))
-        .order_by(Job.id.desc())
+        .order_by(waiting, Job.id.desc())
         .limit(LIVE_LIMIT)
     ).unique()
     done_filter = (Job.user_id == caller.id, Job.state.not_in(_LIVE), Job.deleted.is_(False))
@@ -119,15 +125,20 @@ def my_jobs(session: Session, caller: Caller, now: datetime) -> tuple[list[MyJob
         select(Job).where(*done_filter).order_by(Job.id.desc()).limit(FINISHED_LIMIT)
     ).unique()
     rows = [_my_job(j, now) for j in live] + [_my_job(j, now) for j in done]
-    finished_total = session.scalar(select(func.count(Job.id)).where(*done_filter)) or 0
-    return rows, int(finished_total)
+    live_total = session.scalar(
+        select(func.count(Job.id)).where(Job.user_id == caller.id, Job.state.in_(_LIVE))
+    )
+    finished_total = session.scalar(select(func.count(Job.id)).where(*done_filter))
+    return MyJobs(
+        rows=rows, live_total=int(live_total or 0), finished_total=int(finished_total or 0)
+    )
 
 
 def jobs_context(ctx: ServerContext, caller: Caller) -> dict[str, Any]:
     now = ctx.clock.now()
     with ctx.db.read() as s:
-        jobs, finished_total = my_jobs(s, caller, now)
-    return {"jobs": jobs, "finished_total": finished_total, "now": now}
+        jobs = my_jobs(s, caller, now)
+    return {"jobs": jobs, "now": now}
 
 
 # ---------------------------------------------------------------- my projects
@@ -143,18 +154,23 @@ class MyProject:
     mine: float  # GPUs the caller's jobs hold in it now
 
 
-def my_projects(
-    session: Session, ctx: ServerContext, caller: Caller, jobs: list[MyJob]
-) -> list[MyProject]:
+def my_projects(session: Session, ctx: ServerContext, caller: Caller) -> list[MyProject]:
     rows = session.execute(
         select(Project.name, Project.quota)
         .join(ProjectMember, ProjectMember.project_id == Project.id)
         .where(ProjectMember.user_id == caller.id)
         .order_by(Project.name)
     ).all()
-    mine: Counter[str] = Counter()
-    for job in jobs:
-        mine[job.project] += job.held
+    mine: dict[str, float] = {}
+    holding = [st.value for st in JobState if st.holds_devices]
+    for project, gpus, workers, mig in session.execute(
+        select(Project.name, Job.gpus, Job.workers, Job.mig_profile)
+        .join(Project, Project.id == Job.project_id)
+        .where(Job.user_id == caller.id, Job.state.in_(holding))
+    ):
+        # As the history of users' GPUs counts them (`monitoring.usage_rows`).
+        held = (mig_profile_slices(mig) or 0) / MIG_COMPUTE_SLICES if mig else gpus * workers
+        mine[project] = mine.get(project, 0.0) + held
     shares = ctx.scheduling.shares
     out = []
     for name, quota in rows:
@@ -252,12 +268,11 @@ def free_context(ctx: ServerContext) -> dict[str, Any]:
 def me_context(ctx: ServerContext, caller: Caller) -> dict[str, Any]:
     now = ctx.clock.now()
     with ctx.db.read() as s:
-        jobs, finished_total = my_jobs(s, caller, now)
-        projects = my_projects(s, ctx, caller, jobs)
+        jobs = my_jobs(s, caller, now)
+        projects = my_projects(s, ctx, caller)
         cluster = monitoring.cluster_now(s, ctx.metrics, now)
     return {
         "jobs": jobs,
-        "finished_total": finished_total,
         "projects": projects,
         "free": free_now(cluster),
         "now": now,
@@ -330,11 +345,12 @@ def admin_context(ctx: ServerContext) -> dict[str, Any]:
         for user_id, project_id, user_name, project_name in memberships:
             projects_of.setdefault(user_id, []).append(project_name)
             members_of.setdefault(project_id, []).append(user_name)
-        tokens = dict(
-            s.execute(select(ApiToken.user_id, func.count(ApiToken.id)).group_by(ApiToken.user_id))
-            .tuples()
-            .all()
-        )
+        tokens: dict[int, int] = {
+            user_id: count
+            for user_id, count in s.execute(
+                select(ApiToken.user_id, func.count(ApiToken.id)).group_by(ApiToken.user_id)
+            )
+        }
         users = [
             AdminUser(
                 name=u.name,
@@ -380,11 +396,12 @@ def admin_context(ctx: ServerContext) -> dict[str, Any]:
                 )
             )
         ]
-        nodes = dict(
-            s.execute(select(Node.state, func.count(Node.id)).group_by(Node.state))
-            .tuples()
-            .all()
-        )
+        nodes: dict[str, int] = {
+            state: count
+            for state, count in s.execute(
+                select(Node.state, func.count(Node.id)).group_by(Node.state)
+            )
+        }
     return {
         "users": users,
         "projects": projects,

@@ -29,7 +29,7 @@ def overview_context(ctx: ServerContext) -> dict[str, Any]:
         "now": now,
         "projects": projects,
         "scale": scale,
-        "day_ago": (ctx.clock.now() - timedelta(days=1)).isoformat(),
+        "day_ago": (ctx.clock.now() - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
 
 
