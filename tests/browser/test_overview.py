@@ -115,8 +115,10 @@ def test_the_utilization_chart_draws_offline_without_errors(admin_page: Page, wa
     chart = admin_page.locator(".chart[data-series]").first
     # corral.js fetches the chart's /api/v1/metrics/... series, then either draws it
     # (class "drawn", a uPlot canvas, data-points = how many points) or says why not in
-    # a .nodata box: "no data for this period yet" (the cluster's history gets a point
-    # every 15 s, so a young server may have none with a value) or "could not load".
+    # a .nodata box: "no data for this period yet" or "could not load (HTTP …)". The
+    # overview's "last day" window is served from 1-minute roll-ups, which a new server
+    # writes 2-4 minutes after it starts: in this suite the chart says "no data" (the
+    # node and job pages' last-hour charts are where data must show).
     admin_page.wait_for_function(
         "el => el.classList.contains('drawn') || el.querySelector('.nodata')",
         arg=chart.element_handle(),
