@@ -9,6 +9,11 @@ each page to ``docs/screenshots/<page>.png`` at a 1440x900 viewport. A page that
 answers 404 (not built yet) is reported and skipped; any other error answer is
 reported and makes the exit status 1. Every process started is stopped by PID.
 
+The node and job charts (last hour, 1-second samples) have data after the default
+40 s; the overview's "last day" chart reads 1-minute roll-ups, which the server writes
+2 to 4 minutes after it starts, so it says "no data for this period yet" unless
+``--wait 240``.
+
     .venv/bin/python scripts/screenshots.py [--wait 40] [--out docs/screenshots]
 """
 
