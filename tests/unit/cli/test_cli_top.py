@@ -13,7 +13,8 @@ import yaml
 from cli_fakes import NOW, FakeApi, Runner, ts
 
 from corral.cli import top as top_module
-from corral.cli.top import free_report, free_row, layout_for, plain, render_top, short_model
+from corral.cli.top import free_row, layout_for, plain, render_top
+from corral.core.gpuview import free_report, short_model
 from corral.core.telemetry import ClusterNow
 
 GIB = 1024**3

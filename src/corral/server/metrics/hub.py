@@ -15,6 +15,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from corral.core.gpuview import unmanaged_label
 from corral.core.telemetry import GpuProcess, MetricsBatch, NodeSample, UserDiskUsage, XidEvent
 from corral.server.metrics.store import GPU_METRICS, HOST_METRICS, MetricsStore
 
@@ -31,16 +32,10 @@ class NodeLatest:
 
 
 def describe_unmanaged(processes: list[GpuProcess]) -> str | None:
-    """``"alice (pid 4242 python), container bob_train"``, or None when all are Corral's."""
-    parts = []
-    for p in processes:
-        if p.owner == "job" or p.owner == "unknown":
-            continue
-        who = p.user or "unknown user"
-        what = f"container {p.container}" if p.owner == "container" and p.container else None
-        detail = what or f"pid {p.pid}" + (f" {p.command}" if p.command else "")
-        parts.append(f"{who} ({detail})")
-    return ", ".join(sorted(set(parts)))[:1000] or None
+    """``"alice (pid 4242 python), bob (container bob_train)"``, or None when every
+    process is a Corral job's (each named as `corral top` names it)."""
+    labels = {label for p in processes if (label := unmanaged_label(p)) is not None}
+    return ", ".join(sorted(labels))[:1000] or None
 
 
 def unmanaged_of(sample: NodeSample) -> tuple[dict[int, str | None], dict[str, str | None]]:

@@ -8,10 +8,10 @@ import math
 import shlex
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import quote, urlencode
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse
 from markupsafe import escape
 from sqlalchemy import Select, func, select
@@ -245,7 +245,14 @@ def _page_links(page: int, pages: int) -> list[int | None]:
     return links
 
 
-def _filters(project: str, user: str, state: str, all_: bool, page: int) -> JobFilters:
+def _filters(
+    project: str = "",
+    user: str = "",
+    state: str = "",
+    all_: bool = Query(False, alias="all"),
+    page: int = 1,
+) -> JobFilters:
+    """The jobs table's filters from the query string (the page's and its fragment's)."""
     return JobFilters(
         project=project.strip(),
         user=user.strip(),
@@ -255,33 +262,16 @@ def _filters(project: str, user: str, state: str, all_: bool, page: int) -> JobF
     )
 
 
+Filters = Annotated[JobFilters, Depends(_filters)]
+
+
 @router.get("/jobs", response_class=HTMLResponse)
-def jobs_page(
-    ctx: CtxDep,
-    caller: PageCaller,
-    request: Request,
-    project: str = "",
-    user: str = "",
-    state: str = "",
-    all_: bool = Query(False, alias="all"),
-    page: int = 1,
-) -> HTMLResponse:
-    f = _filters(project, user, state, all_, page)
+def jobs_page(ctx: CtxDep, caller: PageCaller, request: Request, f: Filters) -> HTMLResponse:
     return render(request, "jobs.html", caller, **jobs_context(ctx, f))
 
 
 @router.get("/fragments/jobs", response_class=HTMLResponse)
-def jobs_fragment(
-    ctx: CtxDep,
-    caller: PageCaller,
-    request: Request,
-    project: str = "",
-    user: str = "",
-    state: str = "",
-    all_: bool = Query(False, alias="all"),
-    page: int = 1,
-) -> HTMLResponse:
-    f = _filters(project, user, state, all_, page)
+def jobs_fragment(ctx: CtxDep, caller: PageCaller, request: Request, f: Filters) -> HTMLResponse:
     return render(request, "jobs_table.html", caller, **jobs_context(ctx, f))
 
 

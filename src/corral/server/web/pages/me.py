@@ -17,7 +17,7 @@ from fastapi.responses import HTMLResponse
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
-from corral.cli.top import free_report, short_model
+from corral.core.gpuview import free_report, short_model
 from corral.core.quantities import format_bytes
 from corral.core.states import ACTIVE_JOB_STATES, JobState
 from corral.core.telemetry import ClusterNow
