@@ -150,6 +150,20 @@ def test_filters_by_project_user_and_state_and_deleted_jobs(server: Harness) -> 
     assert 'hx-get="/fragments/jobs?project=team-a&amp;state=pending"' in pending
     # A state that does not exist filters nothing.
     assert len(rows(page(server, "/jobs", state="sleeping"))) == 4
+    # Name: a part of it, any case; LIKE's wildcards are plain characters.
+    assert set(by_name(page(server, "/jobs", name="A-"))) == {"a-0", "a-1", "a-2"}
+    assert set(by_name(page(server, "/jobs", name=" mi "))) == {"mine"}
+    assert "No jobs match these filters" in page(server, "/jobs", name="a_0")
+    assert "No jobs match these filters" in page(server, "/jobs", name="%")
+    named = page(server, "/jobs", name="a-", state="pending")
+    assert set(by_name(named)) == {"a-1", "a-2"}
+    assert 'value="a-"' in named
+    assert 'hx-get="/fragments/jobs?state=pending&amp;name=a-"' in named
+    # What the form sends (every field, most empty) is sent on to the short URL.
+    r = server.http.get("/jobs?project=&user=&state=pending&name=a-", follow_redirects=False)
+    assert (r.status_code, r.headers["location"]) == (303, "/jobs?state=pending&name=a-")
+    r = server.http.get("/jobs?project=&user=&state=&name=", follow_redirects=False)
+    assert (r.status_code, r.headers["location"]) == (303, "/jobs")
     assert "No jobs match these filters" in page(server, "/jobs", user="nobody")
     row = by_name(html)["a-0"]
     assert (row["job-project"], row["job-user"], row["job-kind"]) == ("team-a", "alice", "train")

@@ -45,6 +45,14 @@ class DemoCluster:
         with ApiClient(self.url, token or self.admin_token, timeout=10) as client:
             return client.get(path, **params)
 
+    def api_text(self, path: str, token: str | None = None, **params: Any) -> str:
+        """GET /api/v1{path} as text (a job's logs), as the admin or ``token``'s user."""
+        with (
+            ApiClient(self.url, token or self.admin_token, timeout=10) as client,
+            client.stream(path, params=params) as chunks,
+        ):
+            return b"".join(chunks).decode("utf-8", errors="replace")
+
     def stop(self) -> None:
         self.cluster.stop()
 

@@ -106,6 +106,36 @@ def test_the_finest_resolution_that_covers_the_range_is_chosen(store: MetricsSto
     assert store.choose_resolution(now - 5 * HOUR, now - 4 * HOUR, now) == "1m"  # raw expired
 
 
+def test_a_young_store_answers_a_long_window_from_raw_samples(store: MetricsStore) -> None:
+    # A server started ten minutes ago: no 1-minute roll-up covers "the last day" yet,
+    # so the day is ten minutes of raw samples rather than an empty chart.
+    now = T0 + 10 * 60
+    assert store.data_since("cluster") is None
+    assert store.choose_resolution(now - DAY, now, now, "cluster") == "1m"  # nothing at all
+    store.add(
+        "cluster",
+        [{"cluster": "all", "t": t, "utilization_percent": 50.0} for t in range(T0, now, 15)],
+    )
+    assert store.data_since("cluster") == T0
+    assert store.choose_resolution(now - DAY, now, now, "cluster") == "raw"
+    assert store.choose_resolution(now - DAY, now, now) == "1m"  # without a family: the span
+    [series] = store.query("cluster", ["utilization_percent"], now - DAY, now, "raw")
+    assert len(series.points) == 40
+    # Two days on, with 1-minute roll-ups going back two days, the day is minutes again.
+    later = T0 + 2 * DAY
+    store.add(
+        "cluster",
+        [{"cluster": "all", "t": t, "utilization_percent": 50.0} for t in range(now, later, 60)],
+    )
+    store.roll_up(later)
+    store.expire(later)
+    assert store.data_since("cluster") is not None
+    assert store.data_since("cluster") <= later - DAY  # type: ignore[operator]
+    assert store.choose_resolution(later - DAY, later, later, "cluster") == "1m"
+    # Another family's data does not count.
+    assert store.data_since("gpu") is None
+
+
 def test_unknown_metrics_are_refused(store: MetricsStore) -> None:
     with pytest.raises(KeyError, match="bogus"):
         store.query("gpu", ["bogus"], T0, T0 + 1, "raw")

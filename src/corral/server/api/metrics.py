@@ -49,7 +49,11 @@ def now(ctx: CtxDep, caller: CallerDep) -> ClusterNow:
 
 
 def _window(
-    ctx: ServerContext, start: datetime | None, end: datetime | None, resolution: str
+    ctx: ServerContext,
+    start: datetime | None,
+    end: datetime | None,
+    resolution: str,
+    family: Family | None = None,
 ) -> tuple[float, float, Resolution]:
     now = ctx.clock.now()
     end_at = _utc(end) if end else now
@@ -58,7 +62,7 @@ def _window(
         raise InvalidRequest("start: must be before end", field="start")
     s, e = start_at.timestamp(), end_at.timestamp()
     chosen: Resolution = (
-        ctx.metrics.store.choose_resolution(s, e, now.timestamp())
+        ctx.metrics.store.choose_resolution(s, e, now.timestamp(), family)
         if resolution == "auto"
         else resolution  # type: ignore[assignment]
     )
@@ -114,7 +118,7 @@ def gpu_series(
     resolution: ResolutionQuery = "auto",
 ) -> SeriesList:
     """A node's GPUs over time (one series per GPU and metric)."""
-    s, e, res = _window(ctx, start, end, resolution)
+    s, e, res = _window(ctx, start, end, resolution, "gpu")
     metrics = metric or ["utilization_percent", "memory_used_bytes"]
     in_: dict[str, Sequence[Any]] | None = {"gpu": gpu} if gpu else None
     return _list(s, e, res, _series(ctx, "gpu", metrics, s, e, res, {"node": node}, in_))
@@ -133,7 +137,7 @@ def host_series(
     resolution: ResolutionQuery = "auto",
 ) -> SeriesList:
     """A node's host metrics over time."""
-    s, e, res = _window(ctx, start, end, resolution)
+    s, e, res = _window(ctx, start, end, resolution, "host")
     metrics = metric or ["cpu_percent", "memory_used_bytes"]
     return _list(s, e, res, _series(ctx, "host", metrics, s, e, res, {"node": node}))
 
@@ -192,7 +196,7 @@ def cluster_series(
     resolution: ResolutionQuery = "auto",
 ) -> SeriesList:
     """The whole cluster over time, recorded every 15 s."""
-    s, e, res = _window(ctx, start, end, resolution)
+    s, e, res = _window(ctx, start, end, resolution, "cluster")
     metrics = metric or ["utilization_percent"]
     return _list(s, e, res, _series(ctx, "cluster", metrics, s, e, res, {}))
 
@@ -207,7 +211,7 @@ def _named(
     resolution: str,
 ) -> SeriesList:
     """Series of projects or users (all, or those named); default metric allocated_gpus."""
-    s, e, res = _window(ctx, start, end, resolution)
+    s, e, res = _window(ctx, start, end, resolution, family)
     in_: dict[str, Sequence[Any]] | None = {family: names} if names else None
     metrics = metric or ["allocated_gpus"]
     return _list(s, e, res, _series(ctx, family, metrics, s, e, res, {}, in_))
@@ -248,7 +252,9 @@ def job_series(
         elif job.node is not None:
             places.append((job.node.name, list(job.gpu_ids), 0))
         started, finished, job_id = job.started_at, job.finished_at, job.id
-    s, e, res = _window(ctx, start or started, end or finished or ctx.clock.now(), resolution)
+    s, e, res = _window(
+        ctx, start or started, end or finished or ctx.clock.now(), resolution, "gpu"
+    )
     wanted = metric or ["utilization_percent", "memory_used_bytes", "cpu_percent"]
     gpu_metrics = [m for m in wanted if m in FAMILIES["gpu"].metrics]
     host_metrics = [m for m in wanted if m in FAMILIES["job"].metrics]

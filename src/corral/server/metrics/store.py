@@ -292,16 +292,36 @@ class MetricsStore:
 
     # ---------------------------------------------------------------- reading
 
-    def choose_resolution(self, start: float, end: float, now: float) -> Resolution:
+    def choose_resolution(
+        self, start: float, end: float, now: float, family: Family | None = None
+    ) -> Resolution:
         """The finest resolution that covers [start, end] within its retention and
         gives a chart a sensible number of points: raw up to about an hour, minutes up
-        to about a week, hours beyond."""
+        to about a week, hours beyond.
+
+        With ``family``, the window counts from where that family's data begins: on a
+        server that started ten minutes ago "the last day" is ten minutes of raw
+        samples, not an empty chart waiting for the first 1-minute roll-up."""
+        if family is not None:
+            since = self.data_since(family)
+            if since is not None and since > start:
+                start = min(since, end)
         span = end - start
         if span <= 3900 and start >= now - self.retention.raw:
             return "raw"
         if span <= 8 * 86400 and start >= now - self.retention.minute:
             return "1m"
         return "1h"
+
+    def data_since(self, family: Family) -> int | None:
+        """The time of the oldest row of ``family`` at any resolution, None when empty
+        (three index look-ups)."""
+        with self.engine.connect() as conn:
+            firsts = [
+                conn.scalar(select(func.min(TABLES[(family, r)].c.t))) for r in ("raw", "1m", "1h")
+            ]
+        known = [int(t) for t in firsts if t is not None]
+        return min(known) if known else None
 
     def query(
         self,

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from markupsafe import escape
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session, contains_eager
@@ -102,6 +102,7 @@ class JobFilters:
     project: str = ""
     user: str = ""
     state: str = ""
+    name: str = ""  # a part of the job's name, any case
     all: bool = False  # deleted (finished) jobs too
     page: int = 1
 
@@ -109,7 +110,7 @@ class JobFilters:
         """These filters as a query string (empty values left out), with ``changes``."""
         f = replace(self, **changes)
         params: dict[str, str] = {}
-        for key in ("project", "user", "state"):
+        for key in ("project", "user", "state", "name"):
             if getattr(f, key):
                 params[key] = getattr(f, key)
         if f.all:
@@ -142,6 +143,8 @@ def _filtered(query: Select[Any], f: JobFilters) -> Select[Any]:
         query = query.where(User.name == f.user)
     if f.state:
         query = query.where(Job.state == f.state)
+    if f.name:
+        query = query.where(func.lower(Job.name).contains(f.name.lower(), autoescape=True))
     if not f.all:
         query = query.where(Job.deleted.is_(False))
     return query
@@ -249,6 +252,7 @@ def _filters(
     project: str = "",
     user: str = "",
     state: str = "",
+    name: str = "",
     all_: bool = Query(False, alias="all"),
     page: int = 1,
 ) -> JobFilters:
@@ -257,6 +261,7 @@ def _filters(
         project=project.strip(),
         user=user.strip(),
         state=state if state in STATES else "",
+        name=name.strip()[:200],
         all=all_,
         page=max(1, page),
     )
@@ -266,7 +271,12 @@ Filters = Annotated[JobFilters, Depends(_filters)]
 
 
 @router.get("/jobs", response_class=HTMLResponse)
-def jobs_page(ctx: CtxDep, caller: PageCaller, request: Request, f: Filters) -> HTMLResponse:
+def jobs_page(ctx: CtxDep, caller: PageCaller, request: Request, f: Filters) -> Response:
+    if any(not value.strip() for value in request.query_params.values()):
+        # The filter form sends every field, the unused ones empty: send the browser on
+        # to the short URL, which is the one worth bookmarking or pasting in a chat.
+        query = f.query()
+        return RedirectResponse(f"/jobs?{query}" if query else "/jobs", status_code=303)
     return render(request, "jobs.html", caller, **jobs_context(ctx, f))
 
 

@@ -22,6 +22,25 @@
     return [xs, ...ys];
   }
 
+  function tick(v) {
+    // 0.30000000000000004 -> 0.3, 1234.5 -> 1234.5: at most 3 decimals, no float noise.
+    return Number.isInteger(v) ? String(v) : String(Number(v.toFixed(3)));
+  }
+
+  function axisSize(u, values, axisIdx, cycleNum) {
+    // uPlot gives the y axis a fixed 50 px, which clips labels such as "1234 GiB":
+    // make it as wide as its longest label (measured with the axis's own font).
+    const axis = u.axes[axisIdx];
+    if (cycleNum > 1) return axis._size;
+    let size = axis.ticks.size + axis.gap;
+    const longest = (values || []).reduce((a, v) => (v.length > a.length ? v : a), "");
+    if (longest) {
+      u.ctx.font = axis.font[0];
+      size += u.ctx.measureText(longest).width / devicePixelRatio;
+    }
+    return Math.ceil(size) + 4;
+  }
+
   async function draw(el) {
     const url = el.dataset.series;
     let body;
@@ -51,7 +70,7 @@
         width: 1.5,
         value: (u, v) => (v == null ? "n/a" : `${v.toFixed(1)}${unit}`),
       }))],
-      axes: [{}, { values: (u, vals) => vals.map((v) => `${v}${unit}`) }],
+      axes: [{}, { values: (u, vals) => vals.map((v) => `${tick(v)}${unit}`), size: axisSize }],
       scales: el.dataset.max ? { y: { range: [0, Number(el.dataset.max)] } } : {},
     };
     el.innerHTML = "";
