@@ -52,6 +52,9 @@ def test_the_overview_shows_the_clusters_numbers(server: Harness) -> None:
     assert card(html, "gpus-free") == "2"
     assert card(html, "jobs-pending") == "1"
     assert ">team-a</a>" in html
+    # "default" has no quota, no GPUs and nothing waiting: counted, not drawn.
+    assert ">default</a>" not in html
+    assert 'data-testid="idle-projects">· 1 project without quota' in html
     fragment = server.http.get("/fragments/overview", headers={"HX-Request": "true"})
     assert fragment.status_code == 200 and "<html" not in fragment.text
     assert card(fragment.text, "gpus-total") == "4"

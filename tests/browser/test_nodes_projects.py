@@ -117,6 +117,9 @@ def test_a_node_page_shows_its_gpus_jobs_and_charts_with_data(
     util = admin_page.get_by_test_id("chart-gpu-utilization_percent")
     assert wait_drawn(util) > 0
     expect(util.locator(".u-legend .u-series")).to_have_count(1 + 8)  # x + one per GPU
+    # Each line is named by its GPU alone: the node and the metric are the chart's.
+    labels = util.locator(".u-legend .u-series .u-label").all_inner_texts()
+    assert labels[1:] == [f"gpu {i}" for i in range(8)], labels
     assert wait_drawn(admin_page.get_by_test_id("chart-gpu-memory_used_bytes")) > 0
     assert wait_drawn(admin_page.get_by_test_id("chart-host-cpu_percent")) > 0
     # The y axis is as wide as its labels ("100%", "80 GiB"): none is cut off.

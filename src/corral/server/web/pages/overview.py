@@ -20,7 +20,10 @@ def overview_context(ctx: ServerContext) -> dict[str, Any]:
     with ctx.db.read() as s:
         now = monitoring.cluster_now(s, ctx.metrics, ctx.clock.now())
         summary = monitoring.summarize(s, now)
-    projects = sorted(ctx.scheduling.shares.items())
+    # A project with no quota, no GPUs and nothing waiting (often "default") would be an
+    # empty row: it is counted under the chart, and listed on the projects page.
+    every = sorted(ctx.scheduling.shares.items())
+    projects = [(n, p) for n, p in every if p.quota or p.allocated or p.fair_share or p.pending]
     scale = max(
         [1.0, *(max(p.allocated, p.fair_share, p.quota) for _, p in projects)],
     )
@@ -28,6 +31,7 @@ def overview_context(ctx: ServerContext) -> dict[str, Any]:
         "s": summary,
         "now": now,
         "projects": projects,
+        "idle_projects": len(every) - len(projects),
         "scale": scale,
         "day_ago": (ctx.clock.now() - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }

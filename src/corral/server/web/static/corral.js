@@ -5,9 +5,19 @@
 (function () {
   const palette = ["#2563eb", "#16a34a", "#d97706", "#dc2626", "#7c3aed", "#0891b2", "#db2777", "#65a30d"];
 
-  function label(s) {
-    const key = Object.entries(s.key).filter(([k]) => k !== "cluster").map(([k, v]) => `${k} ${v}`).join(" ");
-    return key ? `${key} ${s.metric}` : s.metric;
+  function labeller(series, fallback) {
+    // Name each line by what tells it apart from the others ("gpu 3", "team-a"): the
+    // node of a node's page, or the metric of a one-metric chart, would only repeat
+    // the chart's title in every legend entry.
+    const varies = (f) => new Set(series.map(f)).size > 1;
+    const keys = Array.from(new Set(series.flatMap((s) => Object.keys(s.key)))).filter(
+      (k) => k !== "cluster" && varies((s) => String(s.key[k])));
+    const metric = varies((s) => s.metric);
+    return (s) => {
+      const parts = keys.map((k) => (k === "project" || k === "user" ? String(s.key[k]) : `${k} ${s.key[k]}`));
+      if (metric) parts.push(s.metric);
+      return parts.join(" ") || fallback || s.metric;
+    };
   }
 
   function toColumns(series) {
@@ -61,11 +71,12 @@
     const unit = el.dataset.unit || "";
     const scale = Number(el.dataset.scale || "1");
     const data = toColumns(series).map((col, i) => (i === 0 || scale === 1 ? col : col.map((v) => (v == null ? null : v / scale))));
+    const label = labeller(series, el.dataset.label);
     const opts = {
       width: Math.max(300, el.clientWidth),
       height: Number(el.dataset.height || "220"),
       series: [{}, ...series.map((s, i) => ({
-        label: el.dataset.label && series.length === 1 ? el.dataset.label : label(s),
+        label: label(s),
         stroke: palette[i % palette.length],
         width: 1.5,
         value: (u, v) => (v == null ? "n/a" : `${v.toFixed(1)}${unit}`),
