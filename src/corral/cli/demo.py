@@ -110,7 +110,10 @@ def demo(state: CliState, port: int) -> None:
             f"""
 Corral demo is running at {server.url} (logs in {log_dir}).
 The GPUs are SIMULATED: 2 nodes x 8 A100-80GB and 1 node x 4 RTX4090; the jobs are
-real processes on this machine. Try:
+real processes on this machine.
+{server.dashboard_hint()} To see what the researcher alice
+  sees, log out and log in with hers (cat {alice}).
+Try:
   corral nodes                        # the nodes and their (simulated) GPUs
   corral list                         # every job; REASON says why one waits
   corral get gpt-pretrain             # a job waiting for a whole node, and its events

@@ -8,19 +8,18 @@ from __future__ import annotations
 import shlex
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Protocol
 
 import click
 
 from corral.cli.output import (
     Column,
     age,
-    as_utc,
     number,
     print_fields,
     print_table,
     time_and_age,
 )
+from corral.core.jobview import gpus_text, run_time_text
 from corral.core.quantities import format_bytes, format_duration
 from corral.core.schemas import JobDetail, JobOut
 from corral.core.states import JobState
@@ -42,36 +41,9 @@ JOB_COLUMNS = (
 
 
 def gpus_cell(job: JobOut) -> str:
-    """What the job asks for, then (once bound) which GPUs it got.
-
-    ``2`` / ``2 (0,1)``; ``0.5 (3)``: half of GPU 3; ``20GiB (3)``: 20 GiB of GPU 3;
-    ``mig 1g.10gb (0)``: one MIG instance of GPU 0; ``4x8``: a gang of 4 workers of 8
-    GPUs each (`corral get` lists where each worker runs).
-    """
-    asked = asked_cell(job)
-    if job.workers > 1:
-        return asked
-    if job.gpu_ids:
-        return f"{asked} ({','.join(str(i) for i in job.gpu_ids)})"
-    return asked
-
-
-class _Asks(Protocol):
-    gpus: float
-    gpu_memory_bytes: int | None
-    mig_profile: str | None
-    workers: int
-
-
-def asked_cell(job: _Asks) -> str:
-    """What a job asks for: ``2``, ``0.5``, ``20GiB``, ``mig 1g.10gb``, ``4x8`` (a gang)."""
-    if job.mig_profile is not None:
-        asked = f"mig {job.mig_profile}"
-    elif job.gpu_memory_bytes is not None:
-        asked = format_bytes(job.gpu_memory_bytes).replace(" ", "")
-    else:
-        asked = number(job.gpus)
-    return f"{job.workers}x{asked}" if job.workers > 1 else asked
+    """What the job asks for, then (once bound) which GPUs it got (`corral.core.jobview`;
+    `corral get` lists where each worker of a gang runs)."""
+    return gpus_text(job, job.gpu_ids)
 
 
 def node_cell(job: JobOut) -> str:
@@ -103,12 +75,7 @@ def print_jobs(jobs: Sequence[JobOut], now: datetime) -> None:
 
 def run_time(job: JobOut, now: datetime) -> str:
     """How long the job has run: until it finished, or until now while it runs."""
-    if job.started_at is None:
-        return "-"
-    end = job.finished_at or (None if job.state.is_terminal else now)
-    if end is None:
-        return "-"
-    return format_duration((as_utc(end) - as_utc(job.started_at)).total_seconds())
+    return run_time_text(job.started_at, job.finished_at, job.state.is_terminal, now)
 
 
 def print_job(job: JobDetail, now: datetime) -> None:

@@ -10,7 +10,7 @@ import click
 from pydantic import ValidationError
 
 from corral.cli.config import CliState, pass_state
-from corral.cli.job_views import asked_cell, print_job, print_jobs
+from corral.cli.job_views import print_job, print_jobs
 from corral.cli.output import output_option, parse, print_data, print_empty, print_table
 from corral.cli.params import (
     DURATION,
@@ -23,6 +23,7 @@ from corral.cli.params import (
 )
 from corral.client import ApiClient
 from corral.core.errors import CorralError, NotFound
+from corral.core.jobview import asked_text
 from corral.core.quantities import format_duration
 from corral.core.schemas import JobDetail, JobList, JobOut, JobSubmit, QueueOut
 from corral.core.states import JobKind, JobState
@@ -434,7 +435,7 @@ def queue(state: CliState, project: str | None, output: str) -> None:
                 e.user,
                 e.kind.value,
                 str(e.priority),
-                asked_cell(e),
+                asked_text(e),
                 format_duration(e.waiting_seconds),
                 e.reason or "-",
             ]

@@ -51,6 +51,17 @@ class LocalServer:
     admin_token: str
     join_token: str
 
+    @property
+    def admin_token_file(self) -> Path:
+        return self.data_dir / "admin-token"
+
+    def dashboard_hint(self) -> str:
+        """Where the web dashboard is and what to log in with."""
+        return (
+            f"Dashboard: open {self.url}/ in a browser and log in with the admin token\n"
+            f"  (cat {self.admin_token_file})."
+        )
+
 
 def child_env(*, drop: Sequence[str] = (), extra: dict[str, str] | None = None) -> dict[str, str]:
     """This process's environment for a child, less ``drop``, plus ``extra``."""
@@ -245,6 +256,7 @@ def up(state: CliState, port: int, simulate_gpus: str | None) -> None:
         click.echo(
             f"""
 Corral is running at {server.url} (logs in {log_dir}).
+{server.dashboard_hint()}
 Try:
   corral nodes
   corral submit hello -g 0 -- sh -c 'echo hello from $(uname -n)'

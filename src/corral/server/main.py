@@ -32,6 +32,7 @@ def prepare(settings: ServerSettings) -> ServerContext:
         print(
             f"\n  Admin token (saved in {result.admin_token_file}):\n    {result.admin_token}\n"
             f"\n  Log in:     corral login --server {settings.url} --token {result.admin_token}"
+            f"\n  Dashboard:  {settings.url}/ (log in with the admin token)"
             f"\n  Join nodes: corral agent --server {settings.url} --join-token "
             f"{result.join_token}\n",
             file=sys.stderr,
@@ -44,7 +45,10 @@ def serve(settings: ServerSettings) -> None:
     """Run the server in the foreground until interrupted."""
     logging.basicConfig(level=logging.INFO, format="corral server: %(levelname)s %(message)s")
     ctx = prepare(settings)
-    _say(f"listening on {settings.url} (API at {settings.url}/api/v1, docs at {settings.url}/docs)")
+    _say(
+        f"listening on {settings.url} (dashboard at {settings.url}/, API at "
+        f"{settings.url}/api/v1, API docs at {settings.url}/docs)"
+    )
     app = create_app(ctx)
     # Everything loaded so far (modules, the app, SQLAlchemy's mappers) lives as long as
     # the server: keep it out of the garbage collector's full collections, which

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, contains_eager
 
 from corral.core import schemas
 from corral.core.errors import Forbidden, InvalidRequest, NotFound
+from corral.core.jobview import gpus_text, run_time_text
 from corral.core.quantities import format_bytes, format_duration
 from corral.core.states import JobState
 from corral.core.telemetry import ClusterNow
@@ -41,27 +42,8 @@ STATES = [s.value for s in JobState]
 _REASON_STATES = frozenset({JobState.PENDING.value, JobState.FAILED.value, JobState.LOST.value})
 
 
-# ---------------------------------------------------------------- cells (as the CLI)
-
-
-def asked_cell(job: Job) -> str:
-    """What a job asks for: ``2``, ``0.5``, ``20GiB``, ``mig 1g.10gb``, ``4x8`` (a gang),
-    as `corral list` shows it (`corral.cli.job_views.asked_cell`)."""
-    if job.mig_profile is not None:
-        asked = f"mig {job.mig_profile}"
-    elif job.gpu_memory_bytes is not None:
-        asked = format_bytes(job.gpu_memory_bytes).replace(" ", "")
-    else:
-        asked = f"{job.gpus:g}"
-    return f"{job.workers}x{asked}" if job.workers > 1 else asked
-
-
-def gpus_cell(job: Job) -> str:
-    """What it asks for, then (once bound, not for a gang) which GPUs it got: ``2 (0,1)``."""
-    asked = asked_cell(job)
-    if job.workers == 1 and job.gpu_ids:
-        return f"{asked} ({','.join(str(i) for i in job.gpu_ids)})"
-    return asked
+# ---------------------------------------------------------------- cells
+# (what a job asks for and how long it ran: `corral.core.jobview`, as the CLI)
 
 
 def node_cell(job: Job, other_nodes: int) -> str:
@@ -69,16 +51,6 @@ def node_cell(job: Job, other_nodes: int) -> str:
     if job.node is None:
         return "-"
     return f"{job.node.name} +{other_nodes}" if other_nodes else job.node.name
-
-
-def run_time(job: Job, now: datetime) -> str:
-    """How long the job has run: until it finished, or until now while it runs."""
-    if job.started_at is None:
-        return "-"
-    end = job.finished_at or (None if JobState(job.state).is_terminal else now)
-    if end is None:
-        return "-"
-    return format_duration(max(0.0, (end - job.started_at).total_seconds()))
 
 
 def when(moment: datetime | None, now: datetime) -> str:
@@ -214,8 +186,10 @@ def jobs_context(ctx: ServerContext, f: JobFilters) -> dict[str, Any]:
                 state=job.state,
                 deleted=job.deleted,
                 node=node_cell(job, int(others or 0)),
-                gpus=gpus_cell(job),
-                run_time=run_time(job, now),
+                gpus=gpus_text(job, job.gpu_ids),
+                run_time=run_time_text(
+                    job.started_at, job.finished_at, JobState(job.state).is_terminal, now
+                ),
                 reason=(job_service.shown_reason(job) or "") if job.state in _REASON_STATES else "",
                 utilization=utilization.get(job.id),
                 href=job_href(job.project.name, job.name),
@@ -290,26 +264,10 @@ def jobs_fragment(ctx: CtxDep, caller: PageCaller, request: Request, f: Filters)
 
 def job_fields(job: schemas.JobDetail, node: str, now: datetime) -> list[tuple[str, str]]:
     """The fields `corral get` shows, in its order."""
-    if job.mig_profile is not None:
-        asked = f"mig {job.mig_profile}"
-    elif job.gpu_memory_bytes is not None:
-        asked = format_bytes(job.gpu_memory_bytes).replace(" ", "")
-    else:
-        asked = f"{job.gpus:g}"
-    if job.workers > 1:
-        gpus = f"{job.workers}x{asked}"
-    elif job.gpu_ids:
-        gpus = f"{asked} ({','.join(str(i) for i in job.gpu_ids)})"
-    else:
-        gpus = asked
+    gpus = gpus_text(job, job.gpu_ids)
     if not (job.node or gpus == "0"):
         gpus += " (not bound yet)"
-    end = job.finished_at or (None if job.state.is_terminal else now)
-    ran = (
-        format_duration(max(0.0, (end - job.started_at).total_seconds()))
-        if job.started_at is not None and end is not None
-        else "-"
-    )
+    ran = run_time_text(job.started_at, job.finished_at, job.state.is_terminal, now)
     return [
         ("Name", job.name),
         ("Project", job.project),
