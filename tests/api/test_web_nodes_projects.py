@@ -398,7 +398,12 @@ def test_the_projects_page_shows_settings_shares_and_use(server: Harness) -> Non
     assert m and "&amp;start=" in m.group(1)
     url = htmllib.unescape(m.group(1))
     assert url.startswith("/api/v1/metrics/projects?metric=allocated_gpus&start=")
-    assert server.http.get(url).json()["resolution"] == "1m"
+    week_series = server.http.get(url).json()
+    # The store is seconds old: "the last week" is the raw samples it has, not an empty
+    # chart waiting for a 1-minute roll-up.
+    assert week_series["resolution"] == "raw"
+    points = {s["key"]["project"]: s["points"] for s in week_series["series"]}
+    assert [v for _, v in points["team-a"]] == [2.0]
 
     fragment = server.http.get("/fragments/projects", headers={"HX-Request": "true"})
     assert fragment.status_code == 200 and "<html" not in fragment.text
