@@ -70,6 +70,9 @@ def test_my_view_shows_only_my_jobs_and_my_projects(server: Harness) -> None:
     assert rows(html, "me-job-row", "data-job") == ["team-a/a-train", "team-a/a-wait"]
     assert "b-train" not in html
     assert 'href="/jobs/team-a/a-train"' in html
+    # GPUs as the jobs table and `corral list` write them: asked, then which it got.
+    gpus = re.findall(r'data-testid="me-job-gpus">([^<]*)<', html)
+    assert re.fullmatch(r"1 \(\d\)", gpus[0]) and gpus[1] == "4", gpus
     assert rows(html, "me-project-row", "data-project") == ["team-a"]
     assert "team-b" not in html
     assert 'data-testid="admin-link"' not in html  # alice is no admin

@@ -18,6 +18,7 @@ from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from corral.core.gpuview import free_report, short_model
+from corral.core.jobview import gpus_text
 from corral.core.quantities import format_bytes
 from corral.core.states import ACTIVE_JOB_STATES, JobState
 from corral.core.telemetry import ClusterNow
@@ -48,7 +49,7 @@ class MyJob:
     project: str
     kind: str
     state: str
-    gpus: str  # "2", "4 x 8" (a gang of 4), "0.5 of a GPU", "20GiB of a GPU", "MIG 1g.10gb"
+    gpus: str  # as the jobs table and `corral list`: "2 (0,1)", "4x8", "0.5 (3)", "mig 1g.10gb"
     node: str | None
     reason: str | None
     live: bool
@@ -56,18 +57,6 @@ class MyJob:
     created_at: datetime
     run_seconds: float | None  # since it started (or until it ended); None: never started
     finished_at: datetime | None
-
-
-def _gpus_text(job: Job) -> str:
-    if job.mig_profile is not None:
-        return f"MIG {job.mig_profile}"
-    if job.gpu_memory_bytes is not None:
-        return f"{format_bytes(job.gpu_memory_bytes)} of a GPU"
-    if 0 < job.gpus < 1:
-        return f"{job.gpus:g} of a GPU"
-    if job.workers > 1:
-        return f"{job.workers} x {job.gpus:g}"
-    return f"{job.gpus:g}"
 
 
 def _my_job(job: Job, now: datetime) -> MyJob:
@@ -84,7 +73,7 @@ def _my_job(job: Job, now: datetime) -> MyJob:
         project=job.project.name,
         kind=job.kind,
         state=job.state,
-        gpus=_gpus_text(job),
+        gpus=gpus_text(job, job.gpu_ids),
         node=node,
         reason=shown_reason(job),
         live=not state.is_terminal,
