@@ -12,10 +12,17 @@
 #   the web dashboard in a real headless Chromium through Playwright. The Playwright
 #   Python package (in the dev extras) never downloads a browser of its own
 #   (PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1); it launches this one.
+# - A Docker engine (the Debian package `docker.io`, /usr/sbin/dockerd, with its
+#   containerd and runc) and a static busybox (the Debian package `busybox-static`,
+#   /bin/busybox): the `docker_engine` fixture (tests/support/docker_engine.py) starts
+#   a private dockerd in a temp dir (its own socket, data root and exec root, no
+#   iptables, no bridge) and imports a busybox image into it, built from that
+#   binary -- no registry, no download.
 #
-# So this script only *installs* binaries; it never starts a server -- the machines
-# are shared, and a system PostgreSQL on port 5432 or Prometheus on port 9090 is
-# exactly what the tests avoid.
+# So this script only *installs* binaries; it never starts a server or a daemon --
+# the machines are shared, and a system PostgreSQL on port 5432, Prometheus on port
+# 9090 or dockerd on /var/run/docker.sock is exactly what the tests avoid. (apt would
+# start the docker.io package's daemon itself; the policy-rc.d below forbids that.)
 #
 # When something is missing and cannot be installed (not root, no apt, apt fails),
 # it prints a loud warning and carries on (exit 0): the tests that need it will then
@@ -71,7 +78,7 @@ cannot_apt() {
 }
 
 # apt would otherwise start (and enable) the distribution's services (PostgreSQL on
-# port 5432, Prometheus on 9090) as part of the install; a policy-rc.d that answers
+# port 5432, Prometheus on 9090, dockerd and containerd) as part of the install; a policy-rc.d that answers
 # 101 forbids that. An existing policy-rc.d (Docker images ship one) is left alone.
 POLICY=/usr/sbin/policy-rc.d
 POLICY_OURS=0
@@ -209,6 +216,51 @@ ensure_chromium() {
         "the browser tests start it headless through Playwright"
 }
 
+# ---------------------------------------------------------------- Docker
+
+DOCKERD=/usr/sbin/dockerd
+BUSYBOX=/bin/busybox
+
+warn_docker() {
+    warn_loud "$1" "$2" \
+        "The Docker engine tests (every test that uses the docker_engine fixture) will be" \
+        "SKIPPED: the Docker job runtime is UNTESTED against a real engine" \
+        "(set CORRAL_REQUIRE_DOCKER=1 to make that a failure)." \
+        "Fix: run scripts/test-services.sh as root on a machine that can reach the" \
+        "     Debian package mirror (it runs: apt-get install $3)," \
+        "     or install it so that $4 exists."
+}
+
+# ensure_docker_binary WHAT PATH PACKAGE: install PACKAGE with apt when PATH is missing.
+# Returns 1 (after a loud warning) when it is still missing.
+ensure_docker_binary() {
+    local name=$1 path=$2 package=$3 why
+    [[ -x $path ]] && return 0
+    why=$(cannot_apt)
+    if [[ -n $why ]]; then
+        warn_docker "$name" "no $path, and $why" "$package" "$path"
+        return 1
+    fi
+    if ! apt_install "$package"; then
+        warn_docker "$name" "$APT_ERROR" "$package" "$path"
+        return 1
+    fi
+    if [[ ! -x $path ]]; then
+        warn_docker "$name" "apt-get installed $package, but there is still no $path" "$package" "$path"
+        return 1
+    fi
+}
+
+ensure_docker() {
+    local ok=1
+    ensure_docker_binary "The Docker engine (dockerd)" "$DOCKERD" docker.io || ok=0
+    ensure_docker_binary "A static busybox" "$BUSYBOX" busybox-static || ok=0
+    [[ $ok -eq 1 ]] || return 0
+    log "Docker engine $("$DOCKERD" --version 2>/dev/null | awk '{ print $3 }' | tr -d ,) ready" \
+        "($DOCKERD, busybox $BUSYBOX); the tests start their own private dockerd"
+}
+
 ensure_postgres
 ensure_prometheus
 ensure_chromium
+ensure_docker
