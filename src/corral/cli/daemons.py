@@ -122,6 +122,18 @@ Examples:
     help="Make /metrics (Prometheus) require an API token, as the rest of the API does. "
     "[default: open, as node_exporter and dcgm-exporter are]",
 )
+@click.option(
+    "--allow-host-path-volumes",
+    is_flag=True,
+    help="Let container jobs mount any host path (--volume /host/path:/path), not only the "
+    "volumes an admin defined with `corral volume create`.",
+)
+@click.option(
+    "--allow-root-containers",
+    is_flag=True,
+    help="Let container jobs run as their image's user, often root (corral submit --root), "
+    "instead of their owner's UID/GID.",
+)
 def server(
     host: str,
     port: int,
@@ -135,6 +147,8 @@ def server(
     metrics_minute_retention: float,
     metrics_hour_retention: float,
     metrics_require_token: bool,
+    allow_host_path_volumes: bool,
+    allow_root_containers: bool,
 ) -> None:
     """Run the Corral server.
 
@@ -159,6 +173,8 @@ def server(
         metrics_minute_retention=metrics_minute_retention,
         metrics_hour_retention=metrics_hour_retention,
         metrics_require_token=metrics_require_token,
+        allow_host_path_volumes=allow_host_path_volumes,
+        allow_root_containers=allow_root_containers,
     )
     from corral.server.main import serve  # here, not at the top: see the module docstring
 

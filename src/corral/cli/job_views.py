@@ -19,7 +19,7 @@ from corral.cli.output import (
     print_table,
     time_and_age,
 )
-from corral.core.jobview import gpus_text, run_time_text
+from corral.core.jobview import container_fields, gpus_text, run_time_text
 from corral.core.quantities import format_bytes, format_duration
 from corral.core.schemas import JobDetail, JobOut
 from corral.core.states import JobState
@@ -94,6 +94,7 @@ def print_job(job: JobDetail, now: datetime) -> None:
         ("CPUs", number(job.cpus)),
         ("Memory", format_bytes(job.memory_bytes)),
         ("Command", shlex.join(job.command)),
+        *container_fields(job.container),
         ("Workdir", job.workdir or "-"),
         # Names only: values are often secrets, and this view ends up in screenshots.
         ("Env", ", ".join(sorted(job.env)) + " (values: -o yaml)" if job.env else "-"),

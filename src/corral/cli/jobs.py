@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import click
 from pydantic import ValidationError
@@ -19,13 +20,21 @@ from corral.cli.params import (
     MEMORY,
     POOL_NAME,
     USER_NAME,
+    VOLUME,
     project_option,
 )
 from corral.client import ApiClient
 from corral.core.errors import CorralError, NotFound
 from corral.core.jobview import asked_text
 from corral.core.quantities import format_duration
-from corral.core.schemas import JobDetail, JobList, JobOut, JobSubmit, QueueOut
+from corral.core.schemas import (
+    JobDetail,
+    JobList,
+    JobOut,
+    JobSubmit,
+    QueueOut,
+    VolumeRequest,
+)
 from corral.core.states import JobKind, JobState
 
 _RESOLVE_HELP = "Project of the job. Needed only when the name exists in several of your projects."
@@ -46,6 +55,10 @@ _SUBMIT_FIELD_OPTIONS = {
     "grace_seconds": "--grace-period",
     "priority": "--priority",
     "pool": "--pool",
+    "image": "--image",
+    "shm_size_bytes": "--shm-size",
+    "volumes": "--volume",
+    "run_as_root": "--root",
 }
 
 
@@ -89,6 +102,8 @@ Examples:
   corral submit small -g 0.5 -- python eval.py          # half of one shared GPU
   corral submit infer --gpu-memory 20GiB -- ./serve.sh   # 20 GiB of one shared GPU
   corral submit tiny --mig 1g.10gb -- python test.py     # one MIG instance
+  corral submit pt --image nvcr.io/nvidia/pytorch:24.01-py3 -g 2 --memory 64GiB \\
+      --large-shm --volume datasets:/data:ro -- python train.py
   corral submit big -g 8 --workers 4 -- sh -c 'torchrun --nnodes $CORRAL_WORLD_SIZE \\
       --node-rank $CORRAL_WORKER_RANK --nproc-per-node 8 \\
       --master-addr $MASTER_ADDR --master-port $MASTER_PORT train.py'
@@ -157,6 +172,34 @@ Examples:
     help="Priority within the project: higher starts first and is preempted last.",
 )
 @click.option("--pool", type=POOL_NAME, help="Node pool the job must run in.")
+@click.option(
+    "--image",
+    metavar="IMAGE",
+    help="Run the job as a container of this Docker image (on nodes with Docker), as "
+    "your own UID/GID, with its GPUs passed by UUID.",
+)
+@click.option(
+    "--volume",
+    "volumes",
+    type=VOLUME,
+    multiple=True,
+    metavar="NAME:/PATH[:ro]",
+    help="Mount a volume an admin defined (`corral volume list`) at PATH in the container "
+    "(repeatable); /HOST/PATH:/PATH where the server allows host paths.",
+)
+@click.option("--shm-size", type=MEMORY, help="Size of /dev/shm in the container, e.g. 8GiB.")
+@click.option(
+    "--large-shm",
+    is_flag=True,
+    help="Shared memory (the container's /dev/shm) as large as the job's --memory: what "
+    "PyTorch data loaders want.",
+)
+@click.option(
+    "--root",
+    "run_as_root",
+    is_flag=True,
+    help="Run the container as its image's user (often root), where the server allows it.",
+)
 @output_option
 @pass_state
 def submit(
@@ -177,6 +220,11 @@ def submit(
     grace_period: float | None,
     priority: int,
     pool: str | None,
+    image: str | None,
+    volumes: tuple[dict[str, Any], ...],
+    shm_size: int | None,
+    large_shm: bool,
+    run_as_root: bool,
     output: str,
 ) -> None:
     """Submit a job that runs a command on the cluster.
@@ -192,6 +240,16 @@ def submit(
         )
     if interactive and kind not in (None, JobKind.INTERACTIVE.value):
         raise click.BadOptionUsage("kind", "--interactive conflicts with --kind train")
+    if large_shm:
+        if shm_size is not None:
+            raise click.BadOptionUsage("large_shm", "give --large-shm or --shm-size, not both")
+        if memory is None:
+            raise click.BadOptionUsage(
+                "large_shm",
+                "--large-shm makes /dev/shm as large as the job's memory: give --memory too "
+                "(shared memory counts against it), or give --shm-size",
+            )
+        shm_size = memory
     try:
         request = JobSubmit(
             name=name,
@@ -209,6 +267,10 @@ def submit(
             grace_seconds=grace_period,
             priority=priority,
             pool=pool,
+            image=image,
+            volumes=[VolumeRequest(**v) for v in volumes],
+            shm_size_bytes=shm_size,
+            run_as_root=run_as_root,
         )
     except ValidationError as exc:
         # The same checks the server makes, run here so a mistake costs no round trip.

@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from corral import __version__
-from corral.cli import admin, auth, daemons, demo, jobs, nodes, sim, top, up, usage
+from corral.cli import admin, auth, daemons, demo, jobs, nodes, sim, top, up, usage, volumes
 from corral.cli.config import SERVER_ENV, TOKEN_ENV, get_state
 from corral.cli.params import SERVER_URL
 from corral.core.errors import CorralError, Unauthorized, Unavailable
@@ -123,6 +123,7 @@ for _command in (
     *top.COMMANDS,
     *usage.COMMANDS,
     *admin.COMMANDS,
+    *volumes.COMMANDS,
     *daemons.COMMANDS,
     *up.COMMANDS,
     *demo.COMMANDS,

@@ -110,6 +110,31 @@ class KeyValueType(click.ParamType[tuple[str, str]]):
         return key, rest
 
 
+class VolumeType(click.ParamType[dict[str, Any]]):
+    """``NAME:/path`` (an admin's volume), ``/host/path:/path`` (where the server allows
+    host paths), either with ``:ro`` for read-only; converts to a `VolumeRequest` dict."""
+
+    name = "volume"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> dict[str, Any]:
+        if isinstance(value, dict):
+            return value
+        parts = str(value).split(":")
+        read_only = False
+        if len(parts) == 3 and parts[2] in ("ro", "rw"):
+            read_only = parts.pop() == "ro"
+        if len(parts) != 2 or not parts[0] or not parts[1].startswith("/"):
+            self.fail(
+                f"{value!r}: give NAME:/path/in/job (a volume of `corral volume list`) or "
+                "/host/path:/path/in/job, optionally with :ro",
+                param,
+                ctx,
+            )
+        return {"source": parts[0], "target": parts[1], "read_only": read_only}
+
+
 class ServerUrlType(click.ParamType[str]):
     """A server URL; ``host:8420`` gets ``http://`` added, other schemes are refused."""
 
@@ -131,6 +156,7 @@ MEMORY = MemoryType()
 DURATION = DurationType()
 SERVER_URL = ServerUrlType()
 KEY_VALUE = KeyValueType()
+VOLUME = VolumeType()
 
 
 def project_option(help_text: str) -> Callable[[F], F]:

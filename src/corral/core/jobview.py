@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from corral.core.quantities import format_bytes, format_duration
+from corral.core.schemas import ContainerSpec
 
 
 class Asks(Protocol):
@@ -64,3 +65,21 @@ def run_time_text(
 
 def _utc(moment: datetime) -> datetime:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+
+
+def container_fields(spec: ContainerSpec | None) -> list[tuple[str, str]]:
+    """The rows `corral get` and the job page show for a container job (none for a host
+    process): its image, mounts and shared memory."""
+    if spec is None:
+        return []
+    image = spec.image + (" (as the image's user)" if spec.run_as_root else "")
+    mounts = [
+        f"{m.volume or m.source} → {m.target}{' (read-only)' if m.read_only else ''}"
+        for m in spec.mounts
+    ]
+    shm = (
+        "Docker's default (64 MiB)"
+        if spec.shm_size_bytes is None
+        else (format_bytes(spec.shm_size_bytes))
+    )
+    return [("Image", image), ("Volumes", "\n".join(mounts) or "-"), ("Shared memory", shm)]

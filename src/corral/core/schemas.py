@@ -34,6 +34,16 @@ MAX_PATH_CHARS = 4096
 MAX_GRACE_SECONDS = 3600.0
 MAX_REQUEST_BYTES = 1024 * 1024  # whole request bodies, checked by the server
 
+MAX_VOLUMES_PER_JOB = 32
+# A Docker image reference: [registry[:port]/]path[:tag][@digest], lower-case path; as
+# Docker reads it, the first part is a registry only with a "." or a port, or localhost.
+IMAGE_RE = (
+    r"^(?:(?:[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+|localhost)(?::[0-9]+)?/|[A-Za-z0-9-]+:[0-9]+/)?"
+    r"[a-z0-9]+(?:[._-]+[a-z0-9]+)*"
+    r"(?:/[a-z0-9]+(?:[._-]+[a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"
+    r"(?:@sha256:[0-9a-f]{64})?$"
+)
+
 ENV_KEY_RE = r"^[A-Za-z_][A-Za-z0-9_]*$"
 # Variables Corral sets itself; a user may not override them (they decide which GPUs
 # the job sees and how it identifies itself).
@@ -215,6 +225,69 @@ class QueueOut(BaseModel):
 # ---------------------------------------------------------------- jobs
 
 
+class VolumeRequest(_Strict):
+    """A directory a container job wants at ``target``: an admin-defined volume by name
+    (`corral volume create`), or, only where the server allows host paths, a host path."""
+
+    source: str = Field(
+        min_length=1,
+        max_length=MAX_PATH_CHARS,
+        description="A volume's name, or an absolute host path (if the server allows them).",
+    )
+    target: str = Field(min_length=2, max_length=MAX_PATH_CHARS, pattern=r"^/")
+    read_only: bool = False
+
+    @field_validator("source", "target")
+    @classmethod
+    def _clean(cls, v: str) -> str:
+        if "\x00" in v or ":" in v or "," in v:
+            raise ValueError("must not contain NUL, ':' or ','")
+        if v.startswith("/") and any(part == ".." for part in v.split("/")):
+            raise ValueError("must not contain '..'")
+        return v
+
+    @property
+    def is_host_path(self) -> bool:
+        return self.source.startswith("/")
+
+
+class VolumeCreate(_Strict):
+    """An admin offers a host directory to container jobs as ``--volume NAME:/path``."""
+
+    name: Name
+    host_path: str = Field(
+        min_length=2,
+        max_length=MAX_PATH_CHARS,
+        pattern=r"^/",
+        description="Absolute path on the nodes; {user} and {unix_user} are replaced by "
+        "the job owner's Corral and Unix names (one volume for every user's home).",
+    )
+    read_only: bool = False
+    description: str | None = Field(default=None, max_length=500)
+
+    @field_validator("host_path")
+    @classmethod
+    def _host_path(cls, v: str) -> str:
+        if "\x00" in v or ":" in v or "," in v or any(p == ".." for p in v.split("/")):
+            raise ValueError("must not contain NUL, ':', ',' or '..'")
+        rest = v.replace("{user}", "").replace("{unix_user}", "")
+        if "{" in rest or "}" in rest:
+            raise ValueError("the only placeholders are {user} and {unix_user}")
+        return v
+
+
+class VolumeOut(BaseModel):
+    name: str
+    host_path: str
+    read_only: bool
+    description: str | None
+    created_at: datetime
+
+
+class VolumeList(BaseModel):
+    volumes: list[VolumeOut]
+
+
 class JobSubmit(_Strict):
     """What a user asks to run. See `corral submit --help` for the CLI side.
 
@@ -253,6 +326,29 @@ class JobSubmit(_Strict):
     )
     priority: int = Field(default=0, ge=-1000, le=1000, description="Within the project.")
     pool: Name | None = Field(default=None, description="Node pool the job must run in.")
+    image: str | None = Field(
+        default=None,
+        max_length=512,
+        pattern=IMAGE_RE,
+        description="Run the job as a container of this image (Docker) instead of a "
+        "host process; only on nodes whose agent has a Docker engine.",
+    )
+    shm_size_bytes: int | None = Field(
+        default=None,
+        gt=0,
+        le=MAX_MEMORY_BYTES,
+        description="Size of the shared-memory mount (containers).",
+    )
+    volumes: list[VolumeRequest] = Field(
+        default_factory=list,
+        max_length=MAX_VOLUMES_PER_JOB,
+        description="Directories to mount (containers).",
+    )
+    run_as_root: bool = Field(
+        default=False,
+        description="Run the container as its image's user (often root) instead of the "
+        "user's own UID/GID; only where the server allows it.",
+    )
 
     @field_validator("gpus")
     @classmethod
@@ -286,6 +382,17 @@ class JobSubmit(_Strict):
                 "workers: a gang's workers get whole GPUs; fractions, GPU memory and MIG "
                 "instances are for one-worker jobs"
             )
+        if self.image is None:
+            for name, present in (
+                ("shm_size_bytes", self.shm_size_bytes is not None),
+                ("volumes", bool(self.volumes)),
+                ("run_as_root", self.run_as_root),
+            ):
+                if present:
+                    raise ValueError(f"{name}: only for container jobs (give an image)")
+        targets = [v.target.rstrip("/") for v in self.volumes]
+        if len(set(targets)) != len(targets):
+            raise ValueError("volumes: two volumes are mounted at the same path")
         return self
 
     @property
@@ -378,6 +485,7 @@ class JobOut(BaseModel):
     deleted: bool
     priority: int
     pool: str | None
+    container: ContainerSpec | None = None  # None: a host process
 
 
 class JobDetail(JobOut):
@@ -447,6 +555,12 @@ class NodeInventory(_Strict):
         max_length=64,
         description="'mapped-user' when the agent is root, else the agent's own account",
     )
+    container_engine: str | None = Field(
+        default=None,
+        max_length=64,
+        description="The container engine the agent runs container jobs with, e.g. "
+        "'docker 20.10.24'; None: it cannot run container jobs.",
+    )
 
     @model_validator(mode="after")
     def _unique_gpus(self) -> NodeInventory:
@@ -473,6 +587,7 @@ class NodeOut(BaseModel):
     simulated: bool
     gpu_backend: str
     agent_version: str
+    container_engine: str | None = None  # "docker 20.10.24"; None: no container jobs
     last_heartbeat: datetime | None
     registered_at: datetime
     jobs: list[str]
@@ -490,6 +605,28 @@ class RegisterResponse(BaseModel):
     node: str
     node_token: str
     sync_wait_seconds: float
+
+
+class Mount(BaseModel):
+    """A host directory in a container, as the server resolved the job's volumes."""
+
+    source: str  # absolute host path on the node
+    target: str  # absolute path in the container
+    read_only: bool = False
+    volume: str | None = None  # the admin's volume it came from; None: a host path
+
+
+class ContainerSpec(BaseModel):
+    """How to run an assignment as a container (None on an assignment: a host process).
+
+    The agent runs it as the job's Unix account (UID/GID) unless ``run_as_root``; limits
+    come from the assignment's ``cpus`` and ``memory_bytes``; GPUs from ``gpu_uuids``.
+    """
+
+    image: str
+    shm_size_bytes: int | None = None
+    mounts: list[Mount] = Field(default_factory=list)
+    run_as_root: bool = False
 
 
 class Assignment(BaseModel):
@@ -529,6 +666,9 @@ class Assignment(BaseModel):
         default_factory=list,
         description="Jobs on this node that must be gone before this one starts: the "
         "jobs it preempted, which are still stopping.",
+    )
+    container: ContainerSpec | None = Field(
+        default=None, description="Run as a container of this spec; None: a host process."
     )
 
 

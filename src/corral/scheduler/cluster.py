@@ -5,7 +5,8 @@ policy binds and preempts. Only schedulable nodes are indexed: nothing new is ev
 placed on the others, and their running jobs are never chosen as victims (the GPUs they
 would free could not be handed out), so their devices need no bookkeeping.
 
-Per node pool:
+Per partition of a node pool (its nodes that can run container jobs, and the others;
+most pools have one partition):
 
 * ``buckets[k]``: schedulable nodes with exactly ``k`` free whole GPUs, as a sorted list
   of node indices. Best fit for ``k`` GPUs is the first node of the first non-empty
@@ -112,11 +113,14 @@ class SharedIndex:
 
 
 class Pool:
-    """One node pool: its schedulable nodes indexed by what they have free."""
+    """One partition of a node pool: its schedulable nodes that can (``containers``) or
+    cannot run container jobs, indexed by what they have free. A job may use any
+    partition of its pools; a container job only those with ``containers``."""
 
     __slots__ = (
         "buckets",
         "capacity",
+        "containers",
         "largest_gpu_memory",
         "max_gpus",
         "mig",
@@ -128,8 +132,9 @@ class Pool:
         "unmanaged",
     )
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, containers: bool = False) -> None:
         self.name = name
+        self.containers = containers
         self.unmanaged = 0
         """GPUs of its schedulable nodes in use by work Corral did not start."""
         self.reserved = 0
@@ -178,17 +183,22 @@ class ClusterState:
         self.nodes: list[NodeState] = []
         self.node_index: dict[str, int] = {}
         self.pools: list[Pool] = []
-        self.pool_index: dict[str, int] = {}
+        """The partitions of the node pools (see `Pool`), by pool name then containers."""
+        self.pool_index: dict[str, tuple[int, ...]] = {}
+        """A pool's name → the indices of its partitions in ``pools``."""
+        partition: dict[tuple[str, bool], int] = {}
         self.total_nodes = len(snapshot.nodes)
         self.capacity = 0.0
         """GPUs of schedulable nodes that may be handed out (GPUs; MIG slices as sevenths)."""
-        for name in sorted({n.pool for n in snapshot.nodes}):
-            self.pool_index[name] = len(self.pools)
-            self.pools.append(Pool(name))
+        for name, containers in sorted({(n.pool, n.containers) for n in snapshot.nodes}):
+            partition[name, containers] = len(self.pools)
+            self.pool_index[name] = (*self.pool_index.get(name, ()), len(self.pools))
+            self.pools.append(Pool(name, containers))
         self.mig_profile_slices: dict[str, int] = {}
         """Compute slices of every MIG profile seen on any node."""
         for view in snapshot.nodes:
-            pool = self.pools[self.pool_index[view.pool]]
+            pool_idx = partition[view.pool, view.containers]
+            pool = self.pools[pool_idx]
             for device in view.devices:
                 if not device.mig:
                     pool.largest_gpu_memory = max(pool.largest_gpu_memory, device.memory_bytes)
@@ -198,7 +208,7 @@ class ClusterState:
                     self.mig_profile_slices.setdefault(mig.profile, mig.compute_slices)
             if not view.schedulable or view.name in self.node_index:
                 continue  # nothing is placed there (a repeated name: the first one counts)
-            state = NodeState(len(self.nodes), view, pool=self.pool_index[view.pool])
+            state = NodeState(len(self.nodes), view, pool=pool_idx)
             self.node_index[view.name] = state.idx
             self.nodes.append(state)
             pool.nodes.append(state.idx)

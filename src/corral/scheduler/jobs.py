@@ -31,6 +31,7 @@ class JobInfo:
     __slots__ = (
         "amount",
         "bound_now",
+        "container",
         "cpus",
         "fraction",
         "gone",
@@ -63,7 +64,7 @@ class JobInfo:
         view: JobView,
         leaf: ProjectNode,
         cluster: ClusterState,
-        pools_cache: dict[tuple[int, str | None], tuple[tuple[int, ...], str | None]],
+        pools_cache: dict[tuple[int, str | None, bool], tuple[tuple[int, ...], str | None]],
     ) -> None:
         self.view = view
         self.id = view.id
@@ -86,7 +87,8 @@ class JobInfo:
         # Interactive jobs rank above train jobs of the same priority (Run:ai's default).
         self.rank = (-view.priority, 0 if self.interactive else 1, view.order, view.id)
         self.victim_rank = (view.priority, -view.order, -view.id)
-        key = (leaf.idx, view.pool)
+        self.container = view.container
+        key = (leaf.idx, view.pool, view.container)
         if key not in pools_cache:
             pools_cache[key] = _allowed_pools(view, leaf, cluster)
         self.pools, self.pool_problem = pools_cache[key]
@@ -164,6 +166,7 @@ class JobInfo:
 def _allowed_pools(
     view: JobView, leaf: ProjectNode, cluster: ClusterState
 ) -> tuple[tuple[int, ...], str | None]:
+    """The partitions (`corral.scheduler.cluster.Pool`) the job may use, or why none."""
     allowed = leaf.pools
     if view.pool is not None:
         if allowed is not None and view.pool not in allowed:
@@ -171,11 +174,30 @@ def _allowed_pools(
             return (), f"project {leaf.name} may not use pool {view.pool} (its pools: {listed})"
         allowed = frozenset((view.pool,))
     if allowed is None:
-        return tuple(range(len(cluster.pools))), None
-    pools = tuple(sorted(cluster.pool_index[p] for p in allowed if p in cluster.pool_index))
-    if not pools:
-        names = ", ".join(sorted(allowed))
-        return (), f"no node is in pool {names}" if len(allowed) == 1 else (
-            f"no node is in pools {names}"
-        )
+        pools = tuple(range(len(cluster.pools)))
+    else:
+        pools = tuple(sorted(i for p in allowed for i in cluster.pool_index.get(p, ())))
+        if not pools:
+            names = ", ".join(sorted(allowed))
+            return (), f"no node is in pool {names}" if len(allowed) == 1 else (
+                f"no node is in pools {names}"
+            )
+    if view.container:
+        with_engine = tuple(p for p in pools if cluster.pools[p].containers)
+        if not with_engine:
+            where = (
+                ""
+                if allowed is None
+                else (
+                    f" in pool {next(iter(allowed))}"
+                    if len(allowed) == 1
+                    else f" in pools {', '.join(sorted(allowed))}"
+                )
+            )
+            return (), (
+                f"a container job needs a node with a container engine (Docker), and no "
+                f"node{where} has one: run its agent where Docker is available (see "
+                "docs/operations.md)"
+            )
+        return with_engine, None
     return pools, None

@@ -54,6 +54,7 @@ class NodeView:
     cpu_cores: int = 0
     memory_bytes: int = 0
     pool: str = "default"
+    containers: bool = False  # its agent can run container jobs (a Docker engine)
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,7 @@ class JobView:
     cpus: float | None = None
     memory_bytes: int | None = None
     placements: tuple[Placement, ...] = ()
+    container: bool = False  # runs as a container: only on nodes with ``containers``
 
 
 @dataclass(frozen=True)

@@ -43,9 +43,15 @@ def fair_share(node: ProjectNode, allocated: float, fair: float, need: float) ->
 
 
 def _where(cluster: ClusterState, job: JobInfo) -> str:
+    names = list(dict.fromkeys(cluster.pools[p].name for p in job.pools))
+    if job.container:
+        # Only nodes that can run containers are candidates: say so, with the pools.
+        where = " with a container engine"
+        if len(names) < len(cluster.pool_index):
+            where += f" in pool {names[0]}" if len(names) == 1 else f" in pools {', '.join(names)}"
+        return where
     if len(job.pools) == len(cluster.pools):
         return ""
-    names = [cluster.pools[p].name for p in job.pools]
     return f" in pool {names[0]}" if len(names) == 1 else f" in pools {', '.join(names)}"
 
 

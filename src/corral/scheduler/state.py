@@ -55,7 +55,9 @@ class CycleState:
         self.changes = 0
         """Grows with every binding and preemption (what is free has changed)."""
         self.decisions = Decisions()
-        self._pools_cache: dict[tuple[int, str | None], tuple[tuple[int, ...], str | None]] = {}
+        self._pools_cache: dict[
+            tuple[int, str | None, bool], tuple[tuple[int, ...], str | None]
+        ] = {}
         self.fair: list[float] = []
         """Fair share of each project (GPUs), divided once the demand is known."""
         self.running = self._jobs(snapshot.running)
@@ -63,8 +65,8 @@ class CycleState:
         for node in self.tree.nodes:
             if node.pools is not None and not node.is_department:
                 for name in node.pools:
-                    if name in self.cluster.pool_index:
-                        self.cluster.pools[self.cluster.pool_index[name]].reserved += 1
+                    for i in self.cluster.pool_index.get(name, ()):
+                        self.cluster.pools[i].reserved += 1
         held_elsewhere = 0.0
         index = self.cluster.node_index
         for job in self.running:
@@ -97,8 +99,9 @@ class CycleState:
             if node.pools is not None:
                 pooled = sum(
                     self.cluster.pools[i].capacity
-                    for name, i in self.cluster.pool_index.items()
+                    for name, indices in self.cluster.pool_index.items()
                     if name in node.pools
+                    for i in indices
                 )
                 cap = min(cap, max(pooled, self.allocated[node.idx]))
             caps.append(cap)

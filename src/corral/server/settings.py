@@ -34,6 +34,10 @@ class ServerSettings:
       kept.
     - ``metrics_require_token``: ``/metrics`` (Prometheus) needs a token, like the API;
       off by default, as node_exporter's and dcgm-exporter's are.
+    - ``allow_host_path_volumes``: container jobs may mount any host path
+      (``--volume /host/path:/path``), not only the volumes an admin defined.
+    - ``allow_root_containers``: container jobs may run as their image's user (often
+      root, ``--root``) instead of their owner's UID/GID.
     """
 
     host: str = "127.0.0.1"
@@ -56,6 +60,8 @@ class ServerSettings:
     metrics_maintenance_interval: float = 60.0
     usage_history_interval: float = 15.0
     metrics_require_token: bool = False
+    allow_host_path_volumes: bool = False
+    allow_root_containers: bool = False
 
     def resolved_data_dir(self) -> Path:
         return (self.data_dir or server_dir()).expanduser().resolve()

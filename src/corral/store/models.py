@@ -146,6 +146,8 @@ class Node(Base):
     gpu_backend: Mapped[str] = mapped_column(String(32))
     agent_version: Mapped[str] = mapped_column(String(64))
     runs_jobs_as: Mapped[str] = mapped_column(String(64))
+    # "docker 20.10.24" when the agent can run container jobs; None: it cannot.
+    container_engine: Mapped[str | None] = mapped_column(String(64))
     pool: Mapped[str] = mapped_column(String(63), default="default", server_default="default")
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     generation: Mapped[int] = mapped_column(BigInteger, default=0)
@@ -250,6 +252,13 @@ class Job(Base):
     # The rank of the gang worker whose failure is stopping the others (the job then
     # ends failed, not stopped).
     failed_worker: Mapped[int | None]
+    # A container job: its image (None: a host process), /dev/shm size, the volumes it
+    # asked for ([{"source", "target", "read_only"}], resolved when it is bound) and
+    # whether it runs as the image's user rather than its owner's UID/GID.
+    image: Mapped[str | None] = mapped_column(String(512))
+    shm_size_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    volumes: Mapped[list[Any] | None]
+    run_as_root: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
 
     project: Mapped[Project] = relationship(lazy="joined")
     user: Mapped[User] = relationship(lazy="joined")
@@ -319,6 +328,21 @@ class JobWorker(Base):
     exit_code: Mapped[int | None]
 
     node: Mapped[Node | None] = relationship(lazy="joined")
+
+
+class Volume(Base):
+    """A host directory an admin offers to container jobs by name: ``corral submit
+    --volume NAME:/path``. ``host_path`` may hold ``{user}`` (the job owner's name), so
+    one volume gives every user their own home directory."""
+
+    __tablename__ = "volumes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    host_path: Mapped[str] = mapped_column(Text)
+    read_only: Mapped[bool] = mapped_column(Boolean, default=False)
+    description: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
 
 
 class JobEvent(Base):

@@ -112,6 +112,7 @@ def job(name: str = "train-1", project: str = "team-a", **fields: Any) -> dict[s
         "deleted": False,
         "priority": 0,
         "pool": None,
+        "container": None,
     }
     data.update(fields)
     return data
@@ -157,6 +158,7 @@ def node(
         "simulated": False,
         "gpu_backend": "nvml",
         "agent_version": "0.1.0",
+        "container_engine": None,
         "last_heartbeat": ts(timedelta(seconds=3)),
         "registered_at": ts(timedelta(days=2)),
         "jobs": [],

@@ -92,6 +92,31 @@ def test_list_json_and_yaml_print_the_api_objects(run: Runner, api: FakeApi, fmt
     assert set(JobOut.model_fields) <= set(data[0])
 
 
+def test_get_shows_a_container_jobs_image_volumes_and_shared_memory(
+    run: Runner, api: FakeApi
+) -> None:
+    container = {
+        "image": "nvcr.io/nvidia/pytorch:24.01-py3",
+        "shm_size_bytes": 8 * 1024**3,
+        "mounts": [
+            {"source": "/srv/d", "target": "/data", "read_only": True, "volume": "datasets"},
+            {"source": "/scratch", "target": "/scratch", "read_only": False, "volume": None},
+        ],
+        "run_as_root": False,
+    }
+    api.on("GET", "/jobs", json={"jobs": [job(container=container)]})
+    api.on("GET", "/jobs/team-a/train-1", json=job_detail(container=container))
+    result = run("get", "train-1")
+    assert result.exit_code == 0, result.output
+    assert field(result.stdout, "Image") == "nvcr.io/nvidia/pytorch:24.01-py3"
+    assert field(result.stdout, "Volumes") == "datasets → /data (read-only)"
+    assert "/scratch → /scratch" in result.stdout
+    assert field(result.stdout, "Shared memory") == "8GiB"
+    # A host process has none of these rows.
+    api.on("GET", "/jobs/team-a/train-1", json=job_detail())
+    assert "Image:" not in run("get", "train-1").stdout
+
+
 def test_get_renders_every_field_and_the_events(run: Runner, api: FakeApi) -> None:
     api.on("GET", "/jobs", json={"jobs": [job()]})
     api.on("GET", "/jobs/team-a/train-1", json=job_detail())

@@ -233,3 +233,39 @@ def test_bad_device_requests_are_refused_naming_the_option(
     assert result.exit_code == 2
     assert option in result.stderr and fragment in result.stderr
     assert not [r for r in accepts.requests if r.method == "POST"]
+
+
+def test_container_options_reach_the_request(run: Runner, accepts: FakeApi) -> None:
+    result = run(
+        "submit", "pt", "--image", "nvcr.io/nvidia/pytorch:24.01-py3", "-g", "2",
+        "--memory", "64GiB", "--large-shm", "--volume", "datasets:/data:ro",
+        "--volume", "/scratch:/scratch", "--root", "--", "python", "train.py",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    body = accepts.body("POST", "/jobs")
+    assert body["image"] == "nvcr.io/nvidia/pytorch:24.01-py3"
+    assert body["shm_size_bytes"] == 64 * 1024**3  # --large-shm: as large as --memory
+    assert body["volumes"] == [
+        {"source": "datasets", "target": "/data", "read_only": True},
+        {"source": "/scratch", "target": "/scratch", "read_only": False},
+    ]
+    assert body["run_as_root"] is True
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--image", "busybox", "--large-shm"], "give --memory too"),
+        (["--image", "busybox", "--large-shm", "--shm-size", "1GiB"], "not both"),
+        (["--image", "busybox", "--volume", "data"], "NAME:/path/in/job"),
+        (["--image", "busybox", "--volume", "data:relative"], "NAME:/path/in/job"),
+        (["--volume", "data:/data"], "only for container jobs"),
+        (["--image", "Busy Box"], "--image"),
+    ],
+)
+def test_container_mistakes_are_caught_before_sending(
+    run: Runner, api: FakeApi, args: list[str], words: str
+) -> None:
+    result = run("submit", "x", *args, "--", "true")
+    assert result.exit_code == 2, result.output
+    assert words in result.output, result.output

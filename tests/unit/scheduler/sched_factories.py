@@ -39,6 +39,7 @@ def node(
     unmanaged: Sequence[int] = (),
     mig: dict[int, Sequence[tuple[str, int]]] | None = None,
     cpus: int = 64,
+    containers: bool = False,
 ) -> NodeView:
     """A node; ``mig={0: [("1g.10gb", 7)]}`` splits GPU 0 into seven 1g slices."""
     devices = []
@@ -64,6 +65,7 @@ def node(
         cpu_cores=cpus,
         memory_bytes=512 * GIB,
         pool=pool,
+        containers=containers,
     )
 
 

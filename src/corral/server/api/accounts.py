@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 
 from corral.core import schemas
 from corral.server.api.deps import CallerDep, CtxDep
-from corral.server.services import accounts, projects
+from corral.server.services import accounts, projects, volumes
 from corral.server.services.auth import create_join_token
 
 router = APIRouter()
@@ -110,3 +110,25 @@ def create_join(
     with ctx.db.tx() as s:
         token = create_join_token(s, now, expires)
     return schemas.JoinTokenOut(token=token, created_at=now, expires_at=expires)
+
+
+@router.get("/volumes", response_model=schemas.VolumeList, tags=["volumes"])
+def list_volumes(ctx: CtxDep, caller: CallerDep) -> schemas.VolumeList:
+    """The volumes container jobs may mount by name (``--volume NAME:/path``)."""
+    with ctx.db.read() as s:
+        return schemas.VolumeList(volumes=[volumes.volume_out(v) for v in volumes.list_volumes(s)])
+
+
+@router.post("/volumes", response_model=schemas.VolumeOut, status_code=201, tags=["volumes"])
+def create_volume(ctx: CtxDep, caller: CallerDep, body: schemas.VolumeCreate) -> schemas.VolumeOut:
+    """Offer a host directory to container jobs (admins only)."""
+    with ctx.db.tx() as s:
+        return volumes.volume_out(volumes.create_volume(s, caller, body, ctx.clock.now()))
+
+
+@router.delete("/volumes/{name}", status_code=204, tags=["volumes"])
+def delete_volume(ctx: CtxDep, caller: CallerDep, name: str) -> Response:
+    """Stop offering a volume (admins only); jobs submitted before keep their mounts."""
+    with ctx.db.tx() as s:
+        volumes.delete_volume(s, caller, name)
+    return Response(status_code=204)

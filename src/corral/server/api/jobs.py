@@ -16,6 +16,7 @@ from corral.server.api.responses import model_response
 from corral.server.context import ServerContext
 from corral.server.services import jobs as job_service
 from corral.server.services.accounts import Caller, can_use_project
+from corral.server.services.volumes import ContainerPolicy
 from corral.store.models import Job, JobWorker
 
 router = APIRouter(tags=["jobs"])
@@ -27,7 +28,17 @@ _WORKER_ENDED = frozenset({"exited", "failed"})  # JobWorker.state of a worker t
 @router.post("/jobs", response_model=schemas.JobOut, status_code=201)
 def submit(ctx: CtxDep, caller: CallerDep, body: schemas.JobSubmit) -> Response:
     with ctx.db.tx(low_priority=True) as s:
-        job = job_service.submit(s, caller, body, ctx.clock.now(), ctx.settings.default_grace)
+        job = job_service.submit(
+            s,
+            caller,
+            body,
+            ctx.clock.now(),
+            ctx.settings.default_grace,
+            ContainerPolicy(
+                allow_host_paths=ctx.settings.allow_host_path_volumes,
+                allow_root=ctx.settings.allow_root_containers,
+            ),
+        )
         out = job_service.job_out(job)
     ctx.signals.wake_scheduler()
     return model_response(out, status_code=201)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import and_, delete, exists, func, select
 from sqlalchemy.orm import Session
@@ -12,6 +13,12 @@ from corral.core.errors import AlreadyExists, Conflict, Forbidden, InvalidReques
 from corral.core.states import JobKind, JobState
 from corral.server.services.accounts import Caller, can_use_project, get_project
 from corral.server.services.projects import known_pools
+from corral.server.services.volumes import (
+    NO_EXTRAS,
+    ContainerPolicy,
+    container_spec,
+    resolve_mounts,
+)
 from corral.store.models import (
     Gpu,
     GpuAllocation,
@@ -163,7 +170,12 @@ def _check_fits_somewhere(session: Session, req: schemas.JobSubmit) -> None:
 
 
 def submit(
-    session: Session, caller: Caller, req: schemas.JobSubmit, now: datetime, default_grace: float
+    session: Session,
+    caller: Caller,
+    req: schemas.JobSubmit,
+    now: datetime,
+    default_grace: float,
+    containers: ContainerPolicy = NO_EXTRAS,
 ) -> Job:
     project = get_project(session, req.project)
     if not can_use_project(session, caller, project):
@@ -185,6 +197,10 @@ def submit(
         )
     _check_pool(session, req, project)
     _check_fits_somewhere(session, req)
+    mounts: list[dict[str, Any]] | None = None
+    if req.image is not None:
+        unix_user = session.scalar(select(User.unix_user).where(User.id == caller.id)) or ""
+        mounts = resolve_mounts(session, req, caller.name, unix_user, containers)
     job = Job(
         name=req.name,
         project=project,  # loaded already: `job_out` needs no query for it
@@ -208,6 +224,10 @@ def submit(
         gpu_ids=[],
         created_at=now,
         deleted=False,
+        image=req.image,
+        shm_size_bytes=req.shm_size_bytes,
+        volumes=mounts,
+        run_as_root=req.run_as_root,
     )
     session.add(job)
     session.flush()
@@ -377,6 +397,7 @@ def job_out(job: Job) -> schemas.JobOut:
         deleted=job.deleted,
         priority=job.priority,
         pool=job.pool,
+        container=container_spec(job),
     )
 
 

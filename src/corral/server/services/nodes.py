@@ -18,6 +18,7 @@ from corral.server.services.jobs import (
     notify_job_nodes,
     notify_nodes,
 )
+from corral.server.services.volumes import container_spec
 from corral.store.models import (
     Gpu,
     GpuAllocation,
@@ -81,6 +82,7 @@ def register(
     node.gpu_backend = inv.gpu_backend
     node.agent_version = inv.agent_version
     node.runs_jobs_as = inv.runs_jobs_as
+    node.container_engine = inv.container_engine
     node.pool = inv.pool
     node.last_heartbeat = now
     node.generation = (node.generation or 0) + 1
@@ -403,6 +405,10 @@ _ASSIGNMENT_COLUMNS = (
     Job.workers,
     Job.node_id,
     Job.master_port,
+    Job.image,
+    Job.shm_size_bytes,
+    Job.volumes,
+    Job.run_as_root,
 )
 
 
@@ -480,6 +486,7 @@ def desired_state(session: Session, node: Node, now: datetime) -> schemas.SyncRe
                 gpu_fraction=j.gpus if 0 < j.gpus < 1 else None,
                 gpu_memory_bytes=share_bytes,
                 after=sorted(after.get(j.id, ())),
+                container=container_spec(j),
             )
         )
     return schemas.SyncResponse(
@@ -571,6 +578,7 @@ def node_out(session: Session, node: Node) -> schemas.NodeOut:
         simulated=node.simulated,
         gpu_backend=node.gpu_backend,
         agent_version=node.agent_version,
+        container_engine=node.container_engine,
         last_heartbeat=node.last_heartbeat,
         registered_at=node.registered_at,
         jobs=list(jobs),

@@ -75,6 +75,7 @@ _QUEUE_COLUMNS = (
     Job.pool,
     Job.cpus,
     Job.memory_bytes,
+    Job.image,
 )
 
 
@@ -134,6 +135,7 @@ def _job_view(
         cpus=job.cpus,
         memory_bytes=job.memory_bytes,
         placements=placements,
+        container=job.image is not None,
     )
 
 
@@ -171,6 +173,7 @@ def build_snapshot(session: Session) -> tuple[Snapshot, dict[str, Node]]:
             cpu_cores=n.cpu_cores,
             memory_bytes=n.memory_bytes,
             pool=n.pool,
+            containers=n.container_engine is not None,
         )
         for n in nodes.values()
     )

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, contains_eager
 
 from corral.core import schemas
 from corral.core.errors import Forbidden, InvalidRequest, NotFound
-from corral.core.jobview import gpus_text, run_time_text
+from corral.core.jobview import container_fields, gpus_text, run_time_text
 from corral.core.quantities import format_bytes, format_duration
 from corral.core.states import JobState
 from corral.core.telemetry import ClusterNow
@@ -281,6 +281,7 @@ def job_fields(job: schemas.JobDetail, node: str, now: datetime) -> list[tuple[s
         ("CPUs", "-" if job.cpus is None else f"{job.cpus:g}"),
         ("Memory", format_bytes(job.memory_bytes)),
         ("Command", shlex.join(job.command)),
+        *container_fields(job.container),
         ("Workdir", job.workdir or "-"),
         # Names only: values are often secrets, and this page ends up in screenshots.
         ("Env", ", ".join(sorted(job.env)) if job.env else "-"),
