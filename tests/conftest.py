@@ -9,6 +9,7 @@
   socket, data and exec roots in a temp dir; no bridge, no iptables), with a busybox
   image imported into it, started only when the first test asks for it
   (``tests/support/docker_engine.py``).
+  ``docker_client`` is a client of it, closed after the test.
 * ``corral_home`` points ``$CORRAL_HOME`` at a temp dir, so no test reads or writes
   the developer's real state.
 
@@ -26,9 +27,11 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
+from support import cgroup_limits
 from support import docker_engine as docker_support
 from support.docker_engine import DockerEngine, DockerUnavailable
 from support.postgres import (
@@ -38,6 +41,9 @@ from support.postgres import (
     PostgresUnavailable,
     skip_unavailable,
 )
+
+if TYPE_CHECKING:
+    import docker
 
 BACKENDS = [
     pytest.param("sqlite", id="sqlite"),
@@ -95,6 +101,16 @@ def docker_engine() -> Iterator[DockerEngine]:
                 "the test Docker engine left processes running after stop(): "
                 + "; ".join(leftovers)
             )
+
+
+@pytest.fixture
+def docker_client(docker_engine: DockerEngine) -> Iterator[docker.DockerClient]:
+    """A client of the session's Docker engine, closed after the test."""
+    client = docker_engine.client()
+    try:
+        yield client
+    finally:
+        client.close()
 
 
 @pytest.fixture(params=BACKENDS)
@@ -156,6 +172,19 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """Print a warning block when PostgreSQL or Docker tests were skipped: never silent."""
     _postgres_summary(terminalreporter)
     _docker_summary(terminalreporter)
+    _cgroups_summary(terminalreporter)
+
+
+def _cgroups_summary(tr: pytest.TerminalReporter) -> None:
+    reasons = _skip_reasons(tr, cgroup_limits.UNAVAILABLE_PREFIX)
+    if not reasons:
+        return
+    tr.write_sep("!", f"WARNING: {len(reasons)} cgroup tests were SKIPPED", red=True, bold=True)
+    tr.write_line("The process runtime's CPU and memory limits are UNTESTED.", red=True)
+    tr.write_line(f"Set {cgroup_limits.REQUIRE_ENV}=1 to make this an error instead.", red=True)
+    for reason in sorted(set(reasons))[:3]:
+        tr.write_line(f"  reason: {reason}", red=True)
+    tr.write_sep("!", red=True, bold=True)
 
 
 def _docker_summary(tr: pytest.TerminalReporter) -> None:

@@ -36,6 +36,11 @@ def _error_from_response(response: httpx.Response) -> CorralError:
         return CorralError(f"server answered HTTP {response.status_code}: {text}")
 
 
+def error_from_status(status: int, body: bytes) -> CorralError:
+    """The `CorralError` of an error answer (a refused WebSocket handshake, say)."""
+    return _error_from_response(httpx.Response(status, content=body))
+
+
 class ApiClient:
     """A Corral API client bound to one server and one token (user, node or join token)."""
 

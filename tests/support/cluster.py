@@ -120,6 +120,10 @@ class LocalCluster:
             "10s",
             *extra,
         ]
+        if "--docker-host" not in extra:
+            # Never the machine's own Docker engine: a test that wants containers
+            # passes its private engine's --docker-host.
+            args.append("--no-docker")
         if os.geteuid() == 0:
             # Tests run as root on CI; jobs need an account to run as.
             args += ["--user-map", "*=root", "--allow-root-jobs"]

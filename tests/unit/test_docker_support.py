@@ -38,12 +38,8 @@ GPU_UUID = "GPU-6f2c1b9e-1d3a-4c0e-9a57-0f1e2d3c4b5a"
 
 
 @pytest.fixture
-def client(docker_engine: DockerEngine) -> Iterator[docker.DockerClient]:
-    c = docker_engine.client()
-    try:
-        yield c
-    finally:
-        c.close()
+def client(docker_client: docker.DockerClient) -> docker.DockerClient:
+    return docker_client
 
 
 @contextlib.contextmanager

@@ -7,6 +7,7 @@ Threads (all daemons, all stopped by one event):
 - supervisor (`corral.agent.supervisor`): start, stop and watch jobs;
 - log shipper (`corral.agent.logship`): send job output;
 - sampler and metrics shipper (`corral.agent.collector`): monitoring, every second;
+  each sample also goes to the GPU memory watchdog (`corral.agent.gpushare`);
 - disk-usage scanner (`corral.agent.diskusage`), at low priority, when paths are given.
 
 Stopping the agent leaves its jobs running (each is in its own session); the next agent
@@ -15,15 +16,17 @@ run re-adopts them from their job directories.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import socket
 import sys
 import threading
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import TextIO
+from typing import Any, TextIO
 
 from corral import __version__, paths
 from corral.agent.attribution import DEFAULT_USER_PATTERN, Attributor
@@ -31,20 +34,26 @@ from corral.agent.collector import Sampler, Shipper
 from corral.agent.config import AgentConfig
 from corral.agent.diskusage import DiskUsageScanner
 from corral.agent.gpus import GpuBackend, open_backend
+from corral.agent.gpushare import ShareWatchdog
 from corral.agent.hostmetrics import HostCollector
 from corral.agent.inventory import host_inventory
-from corral.agent.jobdirs import describe
+from corral.agent.jobdirs import JobKey, describe
 from corral.agent.logship import LogShipping
+from corral.agent.mps import MpsError, NodeMps
 from corral.agent.retry import Backoff, ConnectionStatus
-from corral.agent.runtime.base import JobHandle, Runtime
+from corral.agent.runtime import cgroups
+from corral.agent.runtime import docker as docker_runtime
+from corral.agent.runtime.base import JobHandle, Runtime, StartError
 from corral.agent.runtime.process import ProcessRuntime
+from corral.agent.runtime.routing import Runtimes
 from corral.agent.supervisor import Supervisor
 from corral.agent.sync import DesiredState, ReportQueue, Syncer
+from corral.agent.tunnels import TunnelService, WorkerFinder
 from corral.agent.usermap import UserMapper
 from corral.client import ApiClient
 from corral.core.errors import CorralError, InvalidRequest, Unauthorized, Unavailable
 from corral.core.names import check_node_name, node_name_from_hostname
-from corral.core.schemas import NodeInventory, RegisterResponse
+from corral.core.schemas import Assignment, JobReport, NodeInventory, RegisterResponse
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +111,9 @@ class Agent:
         self._owns_client = client is None
         self._gpus = gpus
         self._runtime = runtime
+        self._docker: Any = None  # a docker.DockerClient once connected
+        self._docker_engine: str | None = None
+        self._cgroups = cgroups.disabled("not set up yet")
         self._new_backoff = backoff
         self.usermap = UserMapper(
             config.user_map,
@@ -114,6 +126,7 @@ class Agent:
         self.fatal: str | None = None
         self.reports = ReportQueue()
         self.supervisor: Supervisor | None = None
+        self.tunnels: TunnelService | None = None  # interactive sessions
         self.registration: RegisterResponse | None = None
         self._logs = LogShipping(
             self.client,
@@ -126,6 +139,7 @@ class Agent:
         self.sampler: Sampler | None = None
         self.metrics: Shipper | None = None
         self._disk: DiskUsageScanner | None = None
+        self.mps = NodeMps(None)
 
     @property
     def node_token_path(self) -> Path:
@@ -167,6 +181,11 @@ class Agent:
         gpus = self._gpus.inventory()
         self.say(f"GPUs ({gpus.backend}): {gpus.message}")
         self.say(self.usermap.describe())
+        if self._runtime is None:
+            on = self.config.cgroups
+            self._cgroups = cgroups.detect() if on else cgroups.disabled("off: --no-cgroups")
+            self.say(self._cgroups.describe())
+        engine = self._connect_docker()
         # Private: it holds the node token and, below jobs/, every job's output.
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         registration = self._register(
@@ -176,17 +195,24 @@ class Agent:
                 runs_jobs_as=self.usermap.runs_jobs_as,
                 pool=self.config.pool,
                 address=self.config.address,
+                container_engine=engine,
             )
         )
         if registration is None:
             return False
         self.registration = registration
-        runtime = self._runtime or ProcessRuntime(
-            self.state_dir,
-            node_name=registration.node,
-            gpus_simulated=gpus.simulated,
-            on_exit=self._wake_supervisor,
-        )
+        try:
+            self.mps = NodeMps.open(
+                self.config.mps,
+                self.config.mps_directory,
+                state_dir=self.state_dir,
+                gpus=gpus.devices,
+                euid=self.usermap.euid,
+                say=self.say,
+            )
+        except MpsError as exc:
+            raise AgentError(str(exc)) from None
+        runtime = self._runtime or self._default_runtime(registration.node, gpus.simulated)
         self._runtime = runtime
         self.supervisor = Supervisor(
             runtime=runtime,
@@ -214,6 +240,8 @@ class Agent:
             ("reporter", syncer.report),
             ("watcher", syncer.watch),
         ]
+        self.tunnels = self._tunnel_service(registration, gpus.simulated)
+        threads.append(("tunnels", self.tunnels.run))
         threads += self._monitoring(self._gpus)
         for name, body in threads:
             thread = threading.Thread(
@@ -222,6 +250,77 @@ class Agent:
             thread.start()
             self._threads.append(thread)
         return True
+
+    def _connect_docker(self) -> str | None:
+        """Connect to the node's Docker engine (unless told not to); the engine's
+        description for the inventory, None when container jobs cannot run here."""
+        if self._docker is not None or not self.config.docker:
+            if not self.config.docker:
+                self.say("container jobs: off (--no-docker); they are not placed on this node")
+            return self._docker_engine
+        try:
+            client, engine = docker_runtime.connect(self.config.docker_host)
+        except StartError as exc:
+            self.say(f"container jobs: not on this node ({exc})")
+            return None
+        self._docker, self._docker_engine = client, engine
+        where = self.config.docker_host or "$DOCKER_HOST or the default socket"
+        self.say(f"container jobs: {engine} ({where})")
+        return engine
+
+    def _default_runtime(self, node: str, gpus_simulated: bool) -> Runtime:
+        process = ProcessRuntime(
+            self.state_dir,
+            node_name=node,
+            gpus_simulated=gpus_simulated,
+            on_exit=self._wake_supervisor,
+            cgroups=self._cgroups,
+            mps=self.mps.settings,
+        )
+        docker = None
+        if self._docker is not None:
+            docker = docker_runtime.DockerRuntime(
+                self._docker,
+                self.state_dir,
+                node_name=node,
+                gpus_simulated=gpus_simulated,
+                gpu_requests=_gpu_requests(self.config.docker_gpu_requests),
+                mps=self.mps.settings,
+                on_exit=self._wake_supervisor,
+            )
+        return Runtimes(process, docker)
+
+    def _tunnel_service(self, registration: RegisterResponse, simulated: bool) -> TunnelService:
+        """Interactive sessions (terminals, port streams) in the jobs running here."""
+        supervisor = self.supervisor
+        assert supervisor is not None
+        containers = getattr(self._runtime, "containers", None)
+        return TunnelService(
+            self.client,
+            server=self.config.server,
+            node_token=registration.node_token,
+            node_name=registration.node,
+            gpus_simulated=simulated,
+            finder=WorkerFinder(
+                self.desired,
+                self.state_dir,
+                sessions=supervisor.sessions,
+                containers=containers if callable(containers) else dict,
+            ),
+            usermap=self.usermap,
+            docker=self._docker,
+            say=self.say,
+            backoff=self._new_backoff,
+        )
+
+    def _job_sessions(self) -> dict[int, tuple[int, int]]:
+        """Session id -> (job id, rank): the jobs' own, and their terminals' (what a
+        terminal runs counts as its job's in monitoring)."""
+        assert self.supervisor is not None
+        sessions = dict(self.supervisor.sessions())
+        if self.tunnels is not None:
+            sessions.update(self.tunnels.sessions())
+        return sessions
 
     def _monitoring(self, gpus: GpuBackend) -> list[tuple[str, Callable[[threading.Event], None]]]:
         """The monitoring threads (none when ``metrics_interval`` is 0)."""
@@ -240,12 +339,13 @@ class Agent:
             self._disk.start()
         self.sampler = Sampler(
             gpus,
-            sessions=supervisor.sessions,
+            sessions=self._job_sessions,
             host=HostCollector(),
             attributor=Attributor(
                 user_pattern=config.container_user_pattern or DEFAULT_USER_PATTERN
             ),
             interval=config.metrics_interval,
+            on_sample=self._gpu_share_watchdog(supervisor).check,
         )
         self.metrics = Shipper(
             self.client,
@@ -266,16 +366,46 @@ class Agent:
             self._disk.stop()
         # The watcher may sit in a long poll: it is a daemon and is not waited for.
         for thread in self._threads:
-            if thread.name != "corral-agent-watcher":
+            if thread.name not in ("corral-agent-watcher", "corral-agent-tunnels"):
                 thread.join(_JOIN_SECONDS)
+        close = getattr(self._runtime, "close", None)
+        if callable(close):
+            close()
         left = self.supervisor.running() if self.supervisor else []
         if left:
             jobs = ", ".join(f"{describe(h.key)} (pid {h.pid})" for h in left)
             self.say(f"stopped; left {len(left)} job(s) running, to re-adopt on restart: {jobs}")
         else:
             self.say("stopped")
+        note = self.mps.close(len(left))
+        if note:
+            self.say(note)
         self._close()
         return left
+
+    def _gpu_share_watchdog(self, supervisor: Supervisor) -> ShareWatchdog:
+        """Holds jobs on shared GPUs to their memory share (`corral.agent.gpushare`):
+        notices go to the server as job reports, stops to the supervisor."""
+
+        def assignments() -> tuple[Assignment, ...]:
+            snapshot = self.desired.snapshot()
+            return snapshot[1] if snapshot is not None else ()
+
+        def notify(key: JobKey, message: str) -> None:
+            self.reports.put(
+                JobReport(
+                    job_id=key.job_id,
+                    attempt=key.attempt,
+                    rank=key.rank,
+                    state="notice",
+                    message=message,
+                    at=datetime.now(UTC),
+                )
+            )
+
+        return ShareWatchdog(
+            assignments=assignments, notify=notify, stop=supervisor.request_stop, say=self.say
+        )
 
     # ---------------------------------------------------------------- registration
 
@@ -356,6 +486,15 @@ class Agent:
             self.client.close()
         if self._gpus is not None:
             self._gpus.close()
+        if self._docker is not None:
+            with contextlib.suppress(Exception):
+                self._docker.close()
+
+
+def _gpu_requests(value: str) -> docker_runtime.GpuRequests:
+    if value not in ("auto", "always", "never"):
+        raise AgentError(f"--docker-gpu-requests must be auto, always or never, not {value!r}")
+    return value  # type: ignore[return-value]
 
 
 def _refused(kind: str, server: str) -> str:

@@ -72,8 +72,10 @@ class Sampler:
         interval: float = 1.0,
         buffer: int = BUFFER_SAMPLES,
         clock: Callable[[], float] = time.monotonic,
+        on_sample: Callable[[NodeSample], object] | None = None,
     ) -> None:
         self.gpus = gpus
+        self.on_sample = on_sample  # sees each sample once taken (the GPU memory watchdog)
         self.sessions = sessions
         self.host = host
         self.attributor = attributor
@@ -99,6 +101,11 @@ class Sampler:
             self._samples.append(sample)
             self._xid.extend(events)
             self.taken += 1
+        if self.on_sample is not None:
+            try:
+                self.on_sample(sample)
+            except Exception:  # it must not cost the sample
+                log.exception("checking a metrics sample failed")
         return sample
 
     def _attributed(self, gpu: GpuSample, jobs: Sessions) -> GpuSample:

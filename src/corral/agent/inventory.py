@@ -19,12 +19,14 @@ def host_inventory(
     runs_jobs_as: str,
     pool: str = "default",
     address: str | None = None,
+    container_engine: str | None = None,
 ) -> NodeInventory:
     """The node's CPU cores (logical), memory (bytes), GPUs and versions.
 
     ``runs_jobs_as`` is ``"mapped-user"`` for a root agent, else its account name
     (`corral.agent.usermap.UserMapper.runs_jobs_as`). ``address`` is where other nodes
-    reach this one (None: its host name).
+    reach this one (None: its host name). ``container_engine`` is the engine container
+    jobs run with (``"docker 20.10.24"``), None when there is none.
     """
     return NodeInventory(
         name=node_name,
@@ -40,4 +42,5 @@ def host_inventory(
         agent_version=__version__,
         runs_jobs_as=runs_jobs_as,
         pool=pool,
+        container_engine=container_engine,
     )

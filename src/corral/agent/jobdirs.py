@@ -8,7 +8,8 @@ several workers of one gang can run on one node.
     output.log   stdout and stderr of the job, appended by the job itself
     started      marker: the shim has begun starting the command (see runtime/process.py)
     exit-code    the job's exit status, written by the shell shim when it ends
-    meta.json    pid, process group, process start time, ids (written by the agent)
+    meta.json    runtime, pid, process group, process start time, ids, container id,
+                 cgroup directories (written by the agent)
     log-offset   bytes of output.log the server has acknowledged
     reported     marker: the server acknowledged the job's final report
 
@@ -30,7 +31,7 @@ import re
 import secrets
 import shutil
 import stat
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
@@ -102,6 +103,9 @@ class JobMeta:
     runtime: str = "process"
     rank: int = 0  # absent from the meta.json of agents from before gangs: rank 0
     world_size: int = 1
+    container: str | None = None  # the container's id, for the Docker runtime
+    # The directories of its cgroup, one per hierarchy (process runtime with limits).
+    cgroups: list[str] = field(default_factory=list)
 
     @property
     def key(self) -> JobKey:

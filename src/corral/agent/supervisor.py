@@ -12,6 +12,8 @@ every second, or every 0.1 s while a stop waits for its SIGKILL deadline):
   of the same job was already seen (fencing after a partition);
 - stops assignments marked ``stop`` (a stop of one worker of a job attempt stops all of
   its workers here) and local workers the server no longer lists;
+- stops the workers the agent itself asked to stop (`Supervisor.request_stop`, from the
+  GPU memory watchdog's thread), and gives that reason in their exit reports;
 - answers for assignments it knows nothing about ("stopped before it started", "the
   agent has no record of this job");
 - polls the runtime; an ended job gets its final log flush, then its "exited" report.
@@ -55,6 +57,7 @@ NO_RECORD = "the agent has no record of this job (its state on the node was lost
 class _Live:
     handle: JobHandle
     stop_reason: str | None = None  # set once it was asked to stop
+    why: str | None = None  # the agent's own reason (request_stop), said in its exit report
 
 
 class Supervisor:
@@ -97,6 +100,8 @@ class Supervisor:
         self._max_attempt: dict[int, int] = {}
         self._said: set[tuple[str, JobKey]] = set()
         self._next_prune = 0.0
+        self._stop_requests: list[tuple[JobKey, str]] = []  # from other threads
+        self._requests_lock = threading.Lock()
 
     # ---------------------------------------------------------------- start-up
 
@@ -116,7 +121,8 @@ class Supervisor:
             self._live[key] = _Live(handle)
             self._publish_sessions()
             self.logs.add(key, directory)
-            self._say(f"{_job(handle)}: re-adopted after the agent restarted (pid {handle.pid})")
+            self._say(f"{_job(handle)}: re-adopted after the agent restarted ({_where(handle)})")
+        self._report_strays()
 
     # ---------------------------------------------------------------- the loop
 
@@ -144,6 +150,7 @@ class Supervisor:
         with self.reports.hold():  # this pass's reports go out together
             if snapshot is not None:
                 self._reconcile(snapshot[1])
+            self._take_stop_requests()
             self._poll()
         if self._clock() >= self._next_prune:
             self._prune()
@@ -159,6 +166,23 @@ class Supervisor:
             for key, live in self._live.items()
             if live.handle.pid is not None
         }
+
+    def request_stop(self, key: JobKey, reason: str) -> None:
+        """Stop worker ``key`` for the agent's own ``reason`` (e.g. the GPU memory
+        watchdog), which its exit report then gives; safe from any thread. Done on the
+        supervisor thread at its next tick; a worker not running here is left alone."""
+        with self._requests_lock:
+            self._stop_requests.append((key, reason))
+        self.wake.set()
+
+    def _take_stop_requests(self) -> None:
+        with self._requests_lock:
+            requests, self._stop_requests = self._stop_requests, []
+        for key, reason in requests:
+            live = self._live.get(key)
+            if live is not None and live.stop_reason is None:
+                live.why = reason
+                self._stop(live, live.handle.grace_seconds, reason)
 
     def running(self) -> list[JobHandle]:
         """Jobs supervised now (read it from the supervisor thread, or after it ended)."""
@@ -233,7 +257,10 @@ class Supervisor:
         self.logs.add(key, handle.job_dir)
         self._report(key, "running", pid=handle.pid)
         gpus = ",".join(map(str, a.gpu_ids)) or "none"
-        self._say(f"{_job(handle)}: started, pid {handle.pid}, GPUs {gpus}, as {account.name}")
+        note = f"; {handle.note}" if handle.note else ""
+        self._say(
+            f"{_job(handle)}: started, {_where(handle)}, GPUs {gpus}, as {account.name}{note}"
+        )
 
     def _failed(self, key: JobKey, a: Assignment, message: str) -> None:
         self._finished[key] = self._wall()
@@ -260,15 +287,16 @@ class Supervisor:
             if result is not None:
                 del self._live[key]
                 self._publish_sessions()
-                self._ended(live.handle, result)
+                self._ended(live.handle, result, live.why)
 
-    def _ended(self, handle: JobHandle, result: JobExit) -> None:
+    def _ended(self, handle: JobHandle, result: JobExit, why: str | None = None) -> None:
         key = handle.key
         self._finished[key] = self._wall()
         code = "unknown" if result.exit_code is None else str(result.exit_code)
         note = f" ({result.message})" if result.message else ""
         self._say(f"{_job(handle)}: exited with code {code}{note}")
-        report = _report(key, "exited", exit_code=result.exit_code, message=result.message)
+        message = "; ".join(m for m in (why, result.message) if m) or None
+        report = _report(key, "exited", exit_code=result.exit_code, message=message)
         directory = handle.job_dir
 
         def flushed() -> None:  # on the log thread, once the last output is shipped
@@ -293,7 +321,20 @@ class Supervisor:
             self._said.add((kind, key))
             self._say(message)
 
+    def _report_strays(self) -> None:
+        """Say which containers are labelled for this node but are no job it supervises
+        (its job directory was lost, or another agent started them): reported, never
+        removed, since the agent cannot know whether someone still needs them."""
+        strays = getattr(self.runtime, "strays", None)
+        for line in strays() if callable(strays) else []:
+            self._say(
+                f"WARNING: container {line} is labelled as a Corral job of this node, but "
+                "no job here has it; it is left alone (docker rm -f it if nobody needs it)"
+            )
+
     def _prune(self) -> None:
+        if self._next_prune:  # not at start-up: recover() has just said this
+            self._report_strays()
         now = self._wall()
         jobdirs.prune_reported(
             self.state_dir, older_than_seconds=FINISHED_RETENTION_SECONDS, now=now
@@ -320,6 +361,12 @@ def _report(key: JobKey, state: str, **fields: object) -> JobReport:
             **fields,
         }
     )
+
+
+def _where(handle: JobHandle) -> str:
+    """``"pid 123"``, ``"container 3f2a9c1d7e6b, pid 123"``, or ``"pid unknown yet"``."""
+    pid = f"pid {handle.pid}" if handle.pid is not None else "pid unknown yet"
+    return pid if handle.container is None else f"container {handle.container[:12]}, {pid}"
 
 
 def _job(handle: JobHandle) -> str:

@@ -201,6 +201,13 @@ class Syncer:
             try:
                 response = self.sync([q.report for q in batch], 0.0)
             except (InvalidRequest, PayloadTooLarge) as exc:
+                notices = [q for q in batch if q.report.state == "notice"]
+                if notices and len(notices) < len(batch):
+                    # A server older than notices refuses them, and with them the state
+                    # changes they came with: drop the notices, send the rest again.
+                    self._say(f"the server refused {len(notices)} job notice(s) ({exc}); dropped")
+                    self.reports.acked(notices)
+                    continue
                 # Retrying cannot help a batch the server will never take; holding it
                 # would block every later report.
                 self._say(f"the server refused {len(batch)} job report(s) ({exc}); dropped")

@@ -267,6 +267,12 @@ Examples:
     help="Allow jobs to run as root when the user map says so (refused by default).",
 )
 @click.option(
+    "--no-cgroups",
+    is_flag=True,
+    help="Run process jobs without cgroups, so without their CPU and memory limits (a "
+    "root agent enforces them where the node has cgroup v1 or v2 controllers).",
+)
+@click.option(
     "--pool",
     type=POOL_NAME,
     default=_AGENT_DEFAULTS.pool,
@@ -312,6 +318,43 @@ Examples:
     "[default: '<user>_<anything>']",
 )
 @click.option(
+    "--docker-host",
+    metavar="URL",
+    help="The Docker engine container jobs run with, e.g. unix:///var/run/docker.sock. "
+    "[default: $DOCKER_HOST, else the default socket]",
+)
+@click.option(
+    "--no-docker",
+    is_flag=True,
+    help="Run no container jobs here, even where Docker answers (they are then not "
+    "placed on this node).",
+)
+@click.option(
+    "--docker-gpu-requests",
+    type=click.Choice(["auto", "always", "never"]),
+    default=_AGENT_DEFAULTS.docker_gpu_requests,
+    show_default=True,
+    help="When a container gets its GPUs as an NVIDIA device request (needs the NVIDIA "
+    "container toolkit): auto = when the GPUs are real, not simulated.",
+)
+@click.option(
+    "--mps",
+    type=click.Choice(["off", "external", "start"]),
+    default=_AGENT_DEFAULTS.mps,
+    show_default=True,
+    help="CUDA MPS for jobs on part of a shared GPU (--gpus 0.5, --gpu-memory): they get "
+    "MPS's memory and SM limits, which the driver enforces. external = the node runs an "
+    "MPS control daemon at --mps-directory; start = the agent starts one per GPU (and "
+    "stops them when it stops with no jobs left). See docs/gpu-sharing.md.",
+)
+@click.option(
+    "--mps-directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The MPS pipe directory (external), or where the agent's per-GPU MPS daemons "
+    "keep theirs (start). [default: /tmp/nvidia-mps (external); /run/corral-mps as "
+    "root, else STATE_DIR/mps (start)]",
+)
+@click.option(
     "--grace-period",
     type=DURATION,
     default=_AGENT_DEFAULTS.grace_seconds,
@@ -330,12 +373,18 @@ def agent(
     user_map: tuple[tuple[str, str], ...],
     user_map_file: Path | None,
     allow_root_jobs: bool,
+    no_cgroups: bool,
     pool: str,
     address: str | None,
     metrics_interval: float,
     disk_usage_paths: tuple[str, ...],
     disk_usage_period: float,
     container_user_pattern: str | None,
+    docker_host: str | None,
+    no_docker: bool,
+    docker_gpu_requests: str,
+    mps: str,
+    mps_directory: Path | None,
     grace_period: float,
 ) -> None:
     """Run a Corral agent, making this machine a node of the cluster.
@@ -343,7 +392,8 @@ def agent(
     The agent connects out to the server (no inbound port is needed), reports the
     machine's GPUs and health, and starts and stops the jobs the server assigns. When
     it runs as root, each user's jobs run as their own Unix account (see --user-map);
-    otherwise they run as the agent's account.
+    otherwise they run as the agent's account. Container jobs (--image) run in the
+    node's Docker engine, when one answers.
     """
     if user_map and user_map_file:
         raise click.BadOptionUsage("user_map", "use --user-map or --user-map-file, not both")
@@ -371,12 +421,18 @@ def agent(
         simulate_gpus=simulate_gpus,
         user_map=mapping,
         allow_root_jobs=allow_root_jobs,
+        cgroups=not no_cgroups,
         pool=pool,
         address=address,
         metrics_interval=metrics_interval,
         disk_usage_paths=list(disk_usage_paths),
         disk_usage_period=disk_usage_period,
         container_user_pattern=container_user_pattern,
+        docker=not no_docker,
+        docker_host=docker_host,
+        docker_gpu_requests=docker_gpu_requests,
+        mps=mps,
+        mps_directory=mps_directory,
         grace_seconds=grace_period,
     )
     from corral.agent.agent import run_agent  # here, not at the top: see the module docstring

@@ -23,6 +23,7 @@ from corral.core.jobview import container_fields, gpus_text, run_time_text
 from corral.core.quantities import format_bytes, format_duration
 from corral.core.schemas import JobDetail, JobOut
 from corral.core.states import JobState
+from corral.core.tunnel import port_path
 
 # States whose reason is worth a column in the list: why it waits, why it failed.
 _REASON_STATES = frozenset({JobState.PENDING, JobState.FAILED, JobState.LOST})
@@ -70,7 +71,17 @@ def job_row(job: JobOut, now: datetime) -> list[str]:
 
 
 def print_jobs(jobs: Sequence[JobOut], now: datetime) -> None:
-    print_table(JOB_COLUMNS, [job_row(job, now) for job in jobs])
+    """The `corral list` table; a PORTS column when a job exposes ports (--port)."""
+    if not any(job.ports for job in jobs):
+        print_table(JOB_COLUMNS, [job_row(job, now) for job in jobs])
+        return
+    print_table(
+        (*JOB_COLUMNS[:-1], Column("PORTS"), JOB_COLUMNS[-1]),
+        [
+            [*row[:-1], ",".join(map(str, job.ports)) or "-", row[-1]]
+            for job, row in ((job, job_row(job, now)) for job in jobs)
+        ],
+    )
 
 
 def run_time(job: JobOut, now: datetime) -> str:
@@ -78,8 +89,14 @@ def run_time(job: JobOut, now: datetime) -> str:
     return run_time_text(job.started_at, job.finished_at, job.state.is_terminal, now)
 
 
-def print_job(job: JobDetail, now: datetime) -> None:
-    """The `corral get` view: every field people ask about, then the job's events."""
+def ports_text(job: JobOut, server: str) -> str:
+    """One line per exposed port: ``8888  http://server/jobs/42/ports/8888/``."""
+    return "\n".join(f"{port}  {server}{port_path(job.id, port)}" for port in job.ports)
+
+
+def print_job(job: JobDetail, now: datetime, server: str = "") -> None:
+    """The `corral get` view: every field people ask about, then the job's events.
+    ``server`` is the server's URL, which a job's port URLs begin with."""
     gpus = gpus_cell(job)
     fields = [
         ("Name", job.name),
@@ -95,6 +112,7 @@ def print_job(job: JobDetail, now: datetime) -> None:
         ("Memory", format_bytes(job.memory_bytes)),
         ("Command", shlex.join(job.command)),
         *container_fields(job.container),
+        *([("Ports", ports_text(job, server))] if job.ports else []),
         ("Workdir", job.workdir or "-"),
         # Names only: values are often secrets, and this view ends up in screenshots.
         ("Env", ", ".join(sorted(job.env)) + " (values: -o yaml)" if job.env else "-"),

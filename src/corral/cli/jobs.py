@@ -36,6 +36,7 @@ from corral.core.schemas import (
     VolumeRequest,
 )
 from corral.core.states import JobKind, JobState
+from corral.core.tunnel import port_path
 
 _RESOLVE_HELP = "Project of the job. Needed only when the name exists in several of your projects."
 
@@ -59,7 +60,12 @@ _SUBMIT_FIELD_OPTIONS = {
     "shm_size_bytes": "--shm-size",
     "volumes": "--volume",
     "run_as_root": "--root",
+    "ports": "--port",
 }
+
+# What an interactive job runs when no command is given: nothing, until it is deleted,
+# while its owner works in it with `corral bash` (any sh and sleep will do, busybox too).
+INTERACTIVE_IDLE_COMMAND = ("/bin/sh", "-c", "while :; do sleep 3600; done")
 
 
 class _CommandAfterDashes(click.Command):
@@ -98,7 +104,9 @@ class _CommandAfterDashes(click.Command):
 Examples:
   corral submit train-1 -p team-a -g 2 -- python train.py --epochs 10
   corral submit prep -c 8 --memory 32GiB -e DATA=/scratch/d -- ./prepare.sh
-  corral submit notebook --interactive -g 1 -- jupyter lab --no-browser
+  corral submit dev --interactive -g 1                   # then: corral bash dev
+  corral submit nb --interactive -g 1 --port 8888 -- sh -c 'jupyter lab --no-browser \\
+      --ip=127.0.0.1 --port=8888 --ServerApp.base_url=/jobs/$CORRAL_JOB_ID/ports/8888/'
   corral submit small -g 0.5 -- python eval.py          # half of one shared GPU
   corral submit infer --gpu-memory 20GiB -- ./serve.sh   # 20 GiB of one shared GPU
   corral submit tiny --mig 1g.10gb -- python test.py     # one MIG instance
@@ -157,7 +165,22 @@ Examples:
     type=click.Choice([k.value for k in JobKind], case_sensitive=False),
     help="train (unattended, may be preempted; the default) or interactive.",
 )
-@click.option("-i", "--interactive", is_flag=True, help="Same as --kind interactive.")
+@click.option(
+    "-i",
+    "--interactive",
+    is_flag=True,
+    help="Same as --kind interactive. Without a COMMAND the job just waits, for "
+    "`corral bash` and `corral exec`, until it is deleted.",
+)
+@click.option(
+    "--port",
+    "ports",
+    type=click.IntRange(1, 65535),
+    multiple=True,
+    metavar="PORT",
+    help="Serve this TCP port of the job (on its node's 127.0.0.1) at the server's "
+    "/jobs/ID/ports/PORT/ URL, to you and admins (repeatable).",
+)
 @click.option(
     "--grace-period",
     type=DURATION,
@@ -217,6 +240,7 @@ def submit(
     workdir: str | None,
     kind: str | None,
     interactive: bool,
+    ports: tuple[int, ...],
     grace_period: float | None,
     priority: int,
     pool: str | None,
@@ -234,6 +258,8 @@ def submit(
     queue (state pending) until a node has the GPUs free; `corral list` shows why it
     waits. Names are unique within a project.
     """
+    if not command and (interactive or kind == JobKind.INTERACTIVE.value):
+        command = INTERACTIVE_IDLE_COMMAND
     if not command:
         raise click.UsageError(
             "missing the command to run: corral submit NAME [OPTIONS] -- COMMAND [ARGS]..."
@@ -271,6 +297,7 @@ def submit(
             volumes=[VolumeRequest(**v) for v in volumes],
             shm_size_bytes=shm_size,
             run_as_root=run_as_root,
+            ports=list(ports),
         )
     except ValidationError as exc:
         # The same checks the server makes, run here so a mistake costs no round trip.
@@ -291,6 +318,10 @@ def submit(
     click.echo(f"Job {job.name} submitted to project {job.project}.")
     click.echo(f"State: {job.state.value}" + (f" ({job.reason})" if job.reason else ""))
     click.echo(f"Follow its output with: corral logs -f {job.name} -p {job.project}")
+    if job.kind is JobKind.INTERACTIVE:
+        click.echo(f"Open a shell in it once it runs: corral bash {job.name} -p {job.project}")
+    for port in job.ports:
+        click.echo(f"Port {port}: {state.server}{port_path(job.id, port)}")
 
 
 @click.command("list")
@@ -393,7 +424,7 @@ def get(state: CliState, name: str, project: str | None, output: str) -> None:
     if output != "table":
         print_data(data, output)
     else:
-        print_job(parse(JobDetail, data), state.clock())
+        print_job(parse(JobDetail, data), state.clock(), server=state.server)
 
 
 @click.command()

@@ -12,7 +12,20 @@ from typing import Any
 import click
 
 from corral import __version__
-from corral.cli import admin, auth, daemons, demo, jobs, nodes, sim, top, up, usage, volumes
+from corral.cli import (
+    admin,
+    auth,
+    daemons,
+    demo,
+    interactive,
+    jobs,
+    nodes,
+    sim,
+    top,
+    up,
+    usage,
+    volumes,
+)
 from corral.cli.config import SERVER_ENV, TOKEN_ENV, get_state
 from corral.cli.params import SERVER_URL
 from corral.core.errors import CorralError, Unauthorized, Unavailable
@@ -21,6 +34,7 @@ from corral.core.errors import CorralError, Unauthorized, Unavailable
 # is still listed, under "Other commands", so a new command can never be hidden.
 _SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Jobs", ("submit", "list", "queue", "get", "logs", "delete")),
+    ("Interactive", ("bash", "exec", "port-forward")),
     ("Cluster", ("top", "free", "nodes", "node", "disk-usage", "project")),
     ("Account", ("login", "logout", "whoami")),
     ("Administration", ("user", "join-token", "sim")),
@@ -119,6 +133,7 @@ def cli(ctx: click.Context, server: str | None, token: str | None) -> None:
 for _command in (
     *auth.COMMANDS,
     *jobs.COMMANDS,
+    *interactive.COMMANDS,
     *nodes.COMMANDS,
     *top.COMMANDS,
     *usage.COMMANDS,

@@ -221,6 +221,10 @@ def print_node(
             ("Memory", format_bytes(node.memory_bytes)),
             ("Driver", _with_drift(node.driver_version, [n.driver_version for n in peers])),
             ("CUDA", _with_drift(node.cuda_version, [n.cuda_version for n in peers])),
+            (
+                "Containers",
+                node.container_engine or "none (container jobs are not placed here)",
+            ),
             ("Agent version", node.agent_version or "-"),
             ("Last heartbeat", time_and_age(node.last_heartbeat, now)),
             ("Registered", time_and_age(node.registered_at, now)),

@@ -19,7 +19,7 @@ from corral.cli.output import (
 )
 from corral.cli.params import DURATION, POOL_NAME, PROJECT_NAME, USER_NAME
 from corral.core.quantities import format_duration
-from corral.core.schemas import ProjectOut
+from corral.core.schemas import DEFAULT_GPU_MEMORY_POLICY, ProjectOut
 
 PROJECT_COLUMNS = (
     "NAME", "QUOTA", "FAIR-SHARE", "ALLOCATED", "RUNNING", "PENDING", "LIMIT", "PRIORITY",
@@ -82,6 +82,13 @@ def settings_options(func: F) -> F:
             type=PROJECT_NAME,
             help="Department (parent project) whose quota bounds this project's.",
         ),
+        click.option(
+            "--gpu-memory-policy",
+            type=click.Choice(["off", "warn", "stop"]),
+            help="What happens to a job on part of a shared GPU (--gpus 0.5, --gpu-memory) "
+            "that uses more GPU memory than its share: warn its user (an event on the "
+            "job), stop it, or nothing. [default: warn]",
+        ),
     ]
     for option in reversed(options):
         func = option(func)
@@ -111,6 +118,8 @@ def describe_settings(p: ProjectOut) -> str:
         parts.append(f"interactive limit {format_duration(p.interactive_limit_seconds)}")
     if p.parent:
         parts.append(f"parent {p.parent}")
+    if p.gpu_memory_policy != DEFAULT_GPU_MEMORY_POLICY:
+        parts.append(f"GPU memory over share: {p.gpu_memory_policy}")
     return ", ".join(parts)
 
 
@@ -140,6 +149,7 @@ Examples:
   corral project create team-b --quota 2 --weight 1 --limit 6 --interactive-limit 8h
   corral project create vision --quota 8                  # a department ...
   corral project create vision-3d --quota 4 --parent vision   # ... and a team in it
+  corral project create inference --quota 2 --gpu-memory-policy stop
 """,
 )
 @click.argument("name", type=PROJECT_NAME)

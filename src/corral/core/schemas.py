@@ -148,13 +148,20 @@ class JoinTokenCreate(_Strict):
 MAX_QUOTA_GPUS = 1_000_000.0
 MAX_PROJECT_PRIORITY = 1000
 
+# What a node does when a job on part of a shared GPU uses more of the GPU's memory
+# than its share (docs/gpu-sharing.md): nothing, tell the job's user (an event on the
+# job), or stop the job.
+GpuMemoryPolicy = Literal["off", "warn", "stop"]
+DEFAULT_GPU_MEMORY_POLICY: GpuMemoryPolicy = "warn"
+
 
 class ProjectSettings(_Strict):
     """A project's scheduling settings. Every field is optional in an update (PATCH).
 
     GPU amounts may be fractional (0.5 = half a GPU). ``weight`` defaults to the quota;
     ``limit`` None = no hard cap; ``pools`` None = every node pool; ``parent`` names a
-    department project whose quota bounds its children's.
+    department project whose quota bounds its children's. ``gpu_memory_policy`` is
+    what happens to its jobs on shared GPUs that use more GPU memory than their share.
     """
 
     quota: float | None = Field(default=None, ge=0, le=MAX_QUOTA_GPUS)
@@ -164,6 +171,7 @@ class ProjectSettings(_Strict):
     pools: list[Name] | None = Field(default=None, max_length=256)
     interactive_limit_seconds: float | None = Field(default=None, gt=0, le=366 * 86400)
     parent: Name | None = None
+    gpu_memory_policy: GpuMemoryPolicy | None = None
 
 
 class ProjectCreate(ProjectSettings):
@@ -194,6 +202,7 @@ class ProjectOut(BaseModel):
     pools: list[str] | None
     interactive_limit_seconds: float | None
     parent: str | None
+    gpu_memory_policy: GpuMemoryPolicy = DEFAULT_GPU_MEMORY_POLICY
     fair_share: float | None
     jobs_running: int
     jobs_pending: int
@@ -349,6 +358,19 @@ class JobSubmit(_Strict):
         description="Run the container as its image's user (often root) instead of the "
         "user's own UID/GID; only where the server allows it.",
     )
+    ports: list[Annotated[int, Field(ge=1, le=65535)]] = Field(
+        default_factory=list,
+        max_length=16,
+        description="TCP ports of the job (on the node's 127.0.0.1) the server serves at "
+        "/jobs/{id}/ports/{port}/ to the job's owner and admins.",
+    )
+
+    @field_validator("ports")
+    @classmethod
+    def _ports(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v):
+            raise ValueError("a port is given twice")
+        return v
 
     @field_validator("gpus")
     @classmethod
@@ -486,6 +508,9 @@ class JobOut(BaseModel):
     priority: int
     pool: str | None
     container: ContainerSpec | None = None  # None: a host process
+    ports: list[int] = Field(
+        default_factory=list, description="Served at /jobs/{id}/ports/{port}/ (see --port)."
+    )
 
 
 class JobDetail(JobOut):
@@ -636,7 +661,8 @@ class Assignment(BaseModel):
     lower than one it has already seen for the same job. A gang's workers are
     assignments of the same job with ranks 0..world_size-1, several possibly on one node.
     ``gpu_uuids`` are what the job may see: GPU UUIDs, or the ``MIG-…`` UUID of its MIG
-    instance. ``gpu_memory_bytes`` is set for a job on part of a shared GPU: its share.
+    instance. ``gpu_memory_bytes`` is set for a job on part of a shared GPU: its share;
+    ``gpu_memory_policy`` is its project's answer to a job that uses more than that.
     """
 
     job_id: int
@@ -662,6 +688,7 @@ class Assignment(BaseModel):
     master_port: int | None = None
     gpu_fraction: float | None = None
     gpu_memory_bytes: int | None = None
+    gpu_memory_policy: GpuMemoryPolicy = DEFAULT_GPU_MEMORY_POLICY
     after: list[int] = Field(
         default_factory=list,
         description="Jobs on this node that must be gone before this one starts: the "
@@ -677,13 +704,15 @@ class JobReport(_Strict):
 
     - ``starting``: accepted, preparing; ``running``: process alive (``pid`` set);
     - ``exited``: the process ended with ``exit_code`` (a signal N shows as 128+N);
-    - ``failed``: it could not be started at all; ``message`` says why.
+    - ``failed``: it could not be started at all; ``message`` says why;
+    - ``notice``: not a state change: ``message`` is something the job's user should
+      know (it used more GPU memory than its share), recorded as a job event.
     """
 
     job_id: int
     attempt: int = Field(ge=1)
     rank: int = Field(default=0, ge=0, lt=MAX_WORKERS)
-    state: Literal["starting", "running", "exited", "failed"]
+    state: Literal["starting", "running", "exited", "failed", "notice"]
     exit_code: int | None = None
     pid: int | None = None
     message: str | None = Field(default=None, max_length=4000)

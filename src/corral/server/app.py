@@ -13,7 +13,7 @@ from fastapi import APIRouter, FastAPI
 from corral import __version__
 from corral.client import API_PREFIX
 from corral.core.schemas import ErrorResponse
-from corral.server.api import accounts, agent, jobs, metrics, nodes
+from corral.server.api import accounts, agent, interactive, jobs, metrics, nodes, ports
 from corral.server.api.errors import BodySizeLimit, install_error_handlers
 from corral.server.context import ServerContext
 from corral.server.loops.cycles import (
@@ -77,9 +77,17 @@ def create_app(ctx: ServerContext, *, run_loops: bool = True) -> FastAPI:
     def health() -> dict[str, str]:
         return {"status": "ok", "version": __version__}
 
-    for router in (accounts.router, jobs.router, nodes.router, agent.router, metrics.router):
+    for router in (
+        accounts.router,
+        jobs.router,
+        nodes.router,
+        agent.router,
+        metrics.router,
+        interactive.router,
+    ):
         api.include_router(router)
     app.include_router(api)
+    app.include_router(ports.router)  # /jobs/{id}/ports/{port}/…: jobs' web servers
     app.include_router(metrics.prometheus_router)  # at /metrics, where Prometheus looks
     install_web(app)  # the dashboard at /
     return app

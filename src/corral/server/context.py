@@ -13,6 +13,7 @@ from corral.server.metrics.hub import MetricsHub
 from corral.server.metrics.store import MetricsStore, Retention
 from corral.server.settings import ServerSettings
 from corral.server.signals import Signals
+from corral.server.tunnels import TunnelHub
 
 
 @dataclass
@@ -36,6 +37,7 @@ class ServerContext:
     signals: Signals = field(default_factory=Signals)
     started_at: datetime | None = None
     scheduling: SchedulingView = field(default_factory=SchedulingView)
+    tunnels: TunnelHub = field(default_factory=TunnelHub)  # interactive sessions
 
     @classmethod
     def create(cls, settings: ServerSettings, clock: Clock | None = None) -> ServerContext:

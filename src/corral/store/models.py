@@ -113,6 +113,8 @@ class Project(Base):
     parent_id: Mapped[int | None] = mapped_column(ForeignKey("projects.id"))
     usage_gpu_seconds: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
     usage_at: Mapped[datetime | None]
+    # "off" | "warn" | "stop": a job on a shared GPU that uses more memory than its share.
+    gpu_memory_policy: Mapped[str] = mapped_column(String(8), default="warn", server_default="warn")
 
 
 class ProjectMember(Base):
@@ -259,6 +261,8 @@ class Job(Base):
     shm_size_bytes: Mapped[int | None] = mapped_column(BigInteger)
     volumes: Mapped[list[Any] | None]
     run_as_root: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+    # TCP ports of the job served at /jobs/{id}/ports/{port}/ (`corral submit --port`).
+    ports: Mapped[list[Any] | None]
 
     project: Mapped[Project] = relationship(lazy="joined")
     user: Mapped[User] = relationship(lazy="joined")

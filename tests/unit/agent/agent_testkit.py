@@ -5,15 +5,30 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pwd
 import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from corral.agent.runtime.cgroups import JobCgroup
+from corral.agent.usermap import JobAccount
 from corral.core.schemas import Assignment
 
 T = TypeVar("T")
+
+_ME = pwd.getpwuid(os.geteuid())
+AS_ME = JobAccount(
+    name=_ME.pw_name,
+    uid=_ME.pw_uid,
+    gid=_ME.pw_gid,
+    groups=(),
+    home=_ME.pw_dir,
+    shell=_ME.pw_shell,
+    switch=False,
+)
+"""The test's own account, with no account switch: what an agent not run as root uses."""
 
 
 def assignment(job_id: int = 1, command: list[str] | None = None, **overrides: Any) -> Assignment:
@@ -63,9 +78,15 @@ def pid_gone(pid: int) -> bool:
 
 
 def kill_jobs(state_dir: Path) -> None:
-    """SIGKILL every job process group recorded under ``state_dir`` (test cleanup)."""
+    """SIGKILL every job process group recorded under ``state_dir``, and remove the
+    jobs' cgroups (test cleanup)."""
     for meta in state_dir.glob("jobs/*/meta.json"):
         with contextlib.suppress(OSError, ValueError):
             pgid = int(json.loads(meta.read_text())["pgid"])
             if pgid > 1:
                 os.killpg(pgid, signal.SIGKILL)
+        with contextlib.suppress(OSError, ValueError):
+            dirs = json.loads(meta.read_text()).get("cgroups") or []
+            cgroup = JobCgroup.adopt(dirs, meta.parent.name)
+            if cgroup is not None:
+                cgroup.remove()

@@ -20,6 +20,7 @@ from corral.agent.agent import Agent, run_agent
 from corral.agent.config import AgentConfig
 from corral.agent.gpus import SimulatedBackend
 from corral.agent.retry import Backoff
+from corral.agent.runtime import cgroups
 from corral.core.schemas import Assignment, JobReport
 from corral.core.states import JobState
 
@@ -159,6 +160,24 @@ def test_register_retries_until_the_server_answers(
     assert agent.registration is not None
     assert output(agent).count("server unreachable") == 1
     assert "corral agent: connected" in output(agent)
+
+
+def test_start_up_says_how_process_job_limits_are_enforced(
+    server: FakeServer, make_agent: MakeAgent
+) -> None:
+    off = make_agent(cgroups=False)
+    assert (
+        "corral agent: process job limits: none (off: --no-cgroups); their CPU and memory "
+        "limits are not enforced\n"
+    ) in output(off)
+    off.shutdown()
+    on = make_agent()
+    assert f"corral agent: {cgroups.detect().describe()}\n" in output(on)  # v1 on CI
+    server.set_assignments(assignment(1, ["true"], memory_bytes=64 << 20))
+    assert final(server, 1).exit_code == 0
+    note = cgroups.detect().limits_note(None, 64 << 20)  # "limits: memory 64 MiB (cgroup v1)"
+    started = next(line for line in output(on).splitlines() if ": started, " in line)
+    assert started.endswith(f"; {note}")
 
 
 # ------------------------------------------------------------------ running jobs

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from agent_testkit import assignment, kill_jobs, pid_gone, wait_for
+from agent_testkit import AS_ME, assignment, kill_jobs, pid_gone, wait_for
 
 from corral.agent import jobdirs
 from corral.agent.jobdirs import JobKey
@@ -23,17 +23,6 @@ from corral.agent.runtime.env import job_environment
 from corral.agent.runtime.process import ProcessRuntime
 from corral.agent.usermap import JobAccount, UserMapper
 from corral.core.schemas import Assignment
-
-ME = pwd.getpwuid(os.geteuid())
-AS_ME = JobAccount(
-    name=ME.pw_name,
-    uid=ME.pw_uid,
-    gid=ME.pw_gid,
-    groups=(),
-    home=ME.pw_dir,
-    shell=ME.pw_shell,
-    switch=False,
-)
 
 
 @pytest.fixture
@@ -93,7 +82,7 @@ def test_environment_and_visible_gpus(state_dir: Path) -> None:
         "alice",
     )
     assert env["LR"] == "0.1"
-    assert (env["HOME"], env["USER"], env["LOGNAME"]) == (ME.pw_dir, ME.pw_name, ME.pw_name)
+    assert (env["HOME"], env["USER"], env["LOGNAME"]) == (AS_ME.home, AS_ME.name, AS_ME.name)
     assert env["LANG"] == "C.UTF-8"
     assert "SECRET" not in env  # nothing else leaks from the agent
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime
 
-from agent_testkit import assignment
+import httpx
+from agent_testkit import assignment, wait_for
 
 from corral.agent.retry import Backoff, ConnectionStatus
-from corral.agent.sync import DesiredState, ReportQueue
-from corral.core.schemas import JobReport, SyncResponse
+from corral.agent.sync import DesiredState, ReportQueue, Syncer
+from corral.client import ApiClient
+from corral.core.schemas import JobReport, SyncRequest, SyncResponse
 
 
 def response(generation: int, *job_ids: int) -> SyncResponse:
@@ -79,3 +82,43 @@ def test_connection_status_speaks_once_per_change() -> None:
     status.ok()
     status.ok()
     assert said == ["server unreachable, retrying… (refused)", "connected"]
+
+
+def test_a_server_that_knows_no_notices_still_gets_the_state_changes() -> None:
+    """An older server refuses a sync with a ``notice`` report in it (422, whole batch):
+    the reporter drops the notices and sends the state changes again."""
+    got: list[list[str]] = []
+
+    def old_server(request: httpx.Request) -> httpx.Response:
+        body = SyncRequest.model_validate_json(request.content)
+        states = [r.state for r in body.reports]
+        got.append(states)
+        if "notice" in states:
+            error = {"code": "invalid", "message": "reports.1.state: Input should be ..."}
+            return httpx.Response(422, json={"error": error})
+        return httpx.Response(200, content=response(1).model_dump_json())
+
+    queue = ReportQueue()
+    said: list[str] = []
+    syncer = Syncer(
+        ApiClient("http://corral.test", transport=httpx.MockTransport(old_server)),
+        DesiredState(),
+        queue,
+        ConnectionStatus(said.append),
+        wait_seconds=1,
+        say=said.append,
+        on_fatal=said.append,
+    )
+    exited = JobReport(job_id=1, attempt=1, state="exited", exit_code=143)
+    queue.put(JobReport(job_id=1, attempt=1, state="notice", message="over its share"))
+    queue.put(exited)
+    stop = threading.Event()
+    thread = threading.Thread(target=syncer.report, args=(stop,))
+    thread.start()
+    try:
+        wait_for(lambda: len(queue) == 0, "the queue to drain")
+    finally:
+        stop.set()
+        thread.join(5)
+    assert got == [["notice", "exited"], ["exited"]]
+    assert said[0].startswith("the server refused 1 job notice(s)")

@@ -113,6 +113,7 @@ def job(name: str = "train-1", project: str = "team-a", **fields: Any) -> dict[s
         "priority": 0,
         "pool": None,
         "container": None,
+        "ports": [],
     }
     data.update(fields)
     return data

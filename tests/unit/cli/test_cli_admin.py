@@ -124,6 +124,19 @@ def test_project_update_sends_only_what_changes(run: Runner, api: FakeApi) -> No
     assert run("project", "update", "team-a").exit_code == 2
 
 
+def test_project_gpu_memory_policy(run: Runner, api: FakeApi) -> None:
+    updated = project("team-a", quota=2.0, weight=2.0, gpu_memory_policy="stop")
+    api.on("PATCH", "/projects/team-a", json=updated)
+
+    result = run("project", "update", "team-a", "--gpu-memory-policy", "stop")
+
+    assert result.exit_code == 0, result.output
+    assert api.body("PATCH", "/projects/team-a") == {"gpu_memory_policy": "stop", "clear": []}
+    assert "quota 2, weight 2, GPU memory over share: stop" in result.stdout
+    refused = run("project", "update", "team-a", "--gpu-memory-policy", "kill")
+    assert refused.exit_code == 2 and "--gpu-memory-policy" in refused.output
+
+
 @pytest.mark.parametrize(
     "args",
     [

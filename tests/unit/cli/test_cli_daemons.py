@@ -101,6 +101,7 @@ def test_agent_flags_and_exit_code(run: Runner, agents: list[AgentConfig], tmp_p
         "agent", "--server", "http://head:8420/", "--join-token", "j", "--name", "gpu01.lab",
         "--state-dir", str(tmp_path), "--simulate-gpus", "8xA100-80GB", "--user-map",
         "alice=ajones", "--user-map", "*=nobody", "--allow-root-jobs", "--grace-period", "30s",
+        "--no-cgroups",
     )  # fmt: skip
 
     assert result.exit_code == 3  # run_agent's return code
@@ -113,6 +114,7 @@ def test_agent_flags_and_exit_code(run: Runner, agents: list[AgentConfig], tmp_p
             simulate_gpus="8xA100-80GB",
             user_map={"alice": "ajones", "*": "nobody"},
             allow_root_jobs=True,
+            cgroups=False,
             grace_seconds=30,
         )
     ]

@@ -48,6 +48,14 @@ A process whose parent carries the same GPU variables is part of its parent's lo
 forked worker, or the program a wrapper shell started) and is not counted again. The
 environment is read once per process (from ``/proc/<pid>/environ``, cached by PID and
 start time); processes whose environment cannot be read are skipped.
+
+A process whose ``CORRAL_SIM_LOAD`` differs from its parent's counts on its own, on top
+of its parent's load. That is how a job's memory grows over time (to test the GPU
+memory watchdog, `corral.agent.gpushare`): a job submitted with
+``-e CORRAL_SIM_LOAD=mem:10GiB`` whose command is
+``sh -c 'sleep 5; CORRAL_SIM_LOAD=mem:40GiB sleep 600 & wait'`` uses 10 GiB, then
+50 GiB from its sixth second on. Start the bigger load as a new process: ``exec``
+keeps the PID, whose environment is not read again.
 """
 
 from __future__ import annotations

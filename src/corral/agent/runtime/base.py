@@ -29,7 +29,9 @@ class JobExit:
 class JobHandle:
     """A job (one worker of it) a runtime started or adopted. ``pid`` is its main
     process (None when the runtime has no host process to name, as for a container not
-    yet started); ``rank`` is which worker of a gang of ``world_size`` it is."""
+    yet started); ``rank`` is which worker of a gang of ``world_size`` it is;
+    ``container`` is the Docker container id of a container job (None: a host process);
+    ``note`` is a few words for the agent's "started" line (e.g. how its limits apply)."""
 
     job_id: int
     attempt: int
@@ -41,6 +43,8 @@ class JobHandle:
     adopted: bool = False
     rank: int = 0
     world_size: int = 1
+    container: str | None = None
+    note: str | None = None
 
     @property
     def key(self) -> JobKey:

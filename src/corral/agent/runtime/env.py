@@ -20,9 +20,15 @@ variables, then Corral's, which always win:
     MIG job both name its ``MIG-<uuid>`` instance instead (CUDA accepts that form).
 ``CORRAL_GPU_FRACTION``, ``CORRAL_GPU_MEMORY_BYTES``
     for a job on part of a shared GPU: its fraction of the GPU (e.g. ``0.5``) and its
-    share of the GPU's memory in bytes. Corral does not enforce them on the device; a
-    well-behaved job caps itself (e.g. PyTorch's
-    ``torch.cuda.set_per_process_memory_fraction``).
+    share of the GPU's memory in bytes. A well-behaved job caps itself (e.g. PyTorch's
+    ``torch.cuda.set_per_process_memory_fraction``); the agent's watchdog
+    (`corral.agent.gpushare`) acts on a job that uses more memory than its share.
+``CUDA_MPS_PIPE_DIRECTORY``, ``CUDA_MPS_PINNED_DEVICE_MEM_LIMIT``,
+``CUDA_MPS_ACTIVE_THREAD_PERCENTAGE``
+    for a job on part of a shared GPU when the node runs MPS (``corral agent --mps``):
+    where its MPS control daemon listens, its memory share (``"0=<MiB>M"``) and its
+    fraction of the GPU's SMs in percent, which the driver then enforces; such a job's
+    ``CUDA_VISIBLE_DEVICES`` is its GPU's UUID (see `corral.agent.mps`).
 ``CORRAL_GPUS_SIMULATED``
     ``1`` when the node's GPUs are simulated.
 """
@@ -31,6 +37,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from corral.agent.mps import MpsSettings, mps_environment
 from corral.agent.usermap import JobAccount
 from corral.core.schemas import Assignment, is_reserved_env
 
@@ -46,10 +53,12 @@ def job_environment(
     node_name: str,
     gpus_simulated: bool,
     agent_env: Mapping[str, str],
+    mps: MpsSettings | None = None,
 ) -> dict[str, str]:
     """A clean base, then the user's variables, then Corral's (see the module's doc).
 
     Nothing else leaks from the agent's own environment (its tokens, proxies, paths).
+    ``mps``: where the node's MPS daemons listen (None: MPS is off).
     """
     env = {
         "PATH": agent_env.get("PATH") or DEFAULT_PATH,
@@ -87,6 +96,7 @@ def job_environment(
         env["CORRAL_GPU_FRACTION"] = str(float(assignment.gpu_fraction))
     if assignment.gpu_memory_bytes is not None:
         env["CORRAL_GPU_MEMORY_BYTES"] = str(int(assignment.gpu_memory_bytes))
+    env.update(mps_environment(assignment, mps))
     if gpus_simulated:
         env["CORRAL_GPUS_SIMULATED"] = "1"
     return env

@@ -10,11 +10,18 @@ The shim writes ``exit-code`` relative to its own working directory, entered by 
 before the account switch, and the command enters WORKDIR in a subshell as the job's
 account: a root agent's state directory is often below a directory the job's account may
 not enter (``/root``), so an absolute path there would be unwritable for the job.
+
+Where the node has cgroups (`corral.agent.runtime.cgroups`) each job gets its own, with
+the CPU and memory limits it asked for. The shim waits at its first line, reading its
+stdin, until the agent has moved it into that cgroup and recorded the job in meta.json;
+only then does the agent write "go", so nothing of the job ever runs outside its limits,
+whichever account it runs as. An OOM kill the cgroup counted is reported as such.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import signal
@@ -31,10 +38,16 @@ import psutil
 
 from corral.agent import jobdirs
 from corral.agent.jobdirs import JobKey, JobMeta
+from corral.agent.mps import MpsSettings
+from corral.agent.runtime import cgroups as cgroups_mod
 from corral.agent.runtime.base import JobExit, JobHandle, StartError
+from corral.agent.runtime.cgroups import CgroupError, Cgroups, JobCgroup
 from corral.agent.runtime.env import job_environment
 from corral.agent.usermap import JobAccount
+from corral.core.quantities import format_bytes
 from corral.core.schemas import Assignment
+
+log = logging.getLogger(__name__)
 
 # The shell traps TERM/INT/HUP with a handler (":"), not with an ignore (""): ignored
 # signals stay ignored in the programs it starts, while trapped ones are reset to their
@@ -49,7 +62,11 @@ from corral.core.schemas import Assignment
 # ":" and is lost (measured: 1 stop in 10 on a loaded machine). So the subshell's first
 # act is to create the "started" marker, and the agent holds back a stop's SIGTERM until
 # the marker exists; from then on the default action is in place and nothing is lost.
+#
+# Before all that, the gate (see the module docstring): a shim that reads anything but
+# "go" (the agent died before it was done with the start) runs nothing.
 SHIM = (
+    'read -r go; exec </dev/null; [ "$go" = go ] || exit 125; '
     "trap : TERM INT HUP; "
     "workdir=$1; shift; "
     f"(: > {jobdirs.STARTED}; "
@@ -72,6 +89,7 @@ class _Tracked:
     kill_at: float | None = None  # monotonic time at which SIGKILL is due
     term_pending: bool = False  # a stop's SIGTERM waits for the "started" marker
     killed: bool = False
+    cgroup: JobCgroup | None = None  # None: the job runs without limits
 
 
 class ProcessRuntime:
@@ -81,7 +99,9 @@ class ProcessRuntime:
     environment a job's clean base copies PATH and LANG from (default: ``os.environ``).
     ``on_exit``, when given, is called (from a small waiter thread per job) as soon as
     a job started here ends, so the supervisor can `poll` it at once instead of on
-    its next tick.
+    its next tick. ``cgroups`` is how jobs get their CPU and memory limits (see
+    `cgroups.detect`); None: they run without. ``mps``: where jobs on shared GPUs find
+    the node's MPS daemons (`corral.agent.mps`); None: MPS is off.
     """
 
     name = "process"
@@ -95,8 +115,14 @@ class ProcessRuntime:
         clock: Callable[[], float] = time.monotonic,
         agent_env: Mapping[str, str] | None = None,
         on_exit: Callable[[], None] | None = None,
+        cgroups: Cgroups | None = None,
+        mps: MpsSettings | None = None,
     ) -> None:
         self.state_dir = state_dir
+        self.mps = mps
+        self.cgroups = cgroups or _NO_CGROUPS
+        self._cgroup_group = cgroups_mod.agent_group(node_name, state_dir)
+        self._unremoved: list[JobCgroup] = []  # cgroups of ended jobs, still busy
         self._on_exit = on_exit
         self.node_name = node_name
         self.gpus_simulated = gpus_simulated
@@ -123,12 +149,16 @@ class ProcessRuntime:
             os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_NOFOLLOW,
             0o644,
         )
+        cgroup = None
         try:
+            cgroup = self._new_cgroup(assignment, key)
             if account.switch:
                 os.chown(directory, account.uid, account.gid)
-            popen = self._spawn(assignment, account, directory, log_fd)
+            popen = self._spawn(assignment, account, directory, log_fd, cgroup)
         except StartError:
             shutil.rmtree(directory, ignore_errors=True)
+            if cgroup is not None:
+                self._remove_cgroups(cgroup)
             raise
         finally:
             os.close(log_fd)
@@ -146,10 +176,16 @@ class ProcessRuntime:
             grace_seconds=assignment.grace_seconds,
             rank=assignment.rank,
             world_size=assignment.world_size,
+            cgroups=[] if cgroup is None else [str(d) for d in cgroup.dirs],
         )
-        # The window between Popen and this write is the one moment an agent crash
-        # would leave a job it cannot re-adopt; the server then hears "no record".
-        jobdirs.write_meta(directory, meta)
+        # An agent crash before this write leaves a job it could not re-adopt: the shim
+        # is then never told to go and runs nothing; the server hears "no record".
+        try:
+            jobdirs.write_meta(directory, meta)
+        except BaseException:
+            _open_gate(popen, go=False)
+            raise
+        _open_gate(popen, go=True)
         handle = JobHandle(
             job_id=assignment.job_id,
             attempt=assignment.attempt,
@@ -160,8 +196,11 @@ class ProcessRuntime:
             grace_seconds=assignment.grace_seconds,
             rank=assignment.rank,
             world_size=assignment.world_size,
+            note=self.cgroups.limits_note(assignment.cpus, assignment.memory_bytes),
         )
-        self._tracked[key] = _Tracked(handle=handle, pgid=popen.pid, popen=popen, proc=None)
+        self._tracked[key] = _Tracked(
+            handle=handle, pgid=popen.pid, popen=popen, proc=None, cgroup=cgroup
+        )
         if self._on_exit is not None and hasattr(os, "waitid"):
             threading.Thread(
                 target=_notify_exit,
@@ -171,15 +210,37 @@ class ProcessRuntime:
             ).start()
         return handle
 
+    def _new_cgroup(self, assignment: Assignment, key: JobKey) -> JobCgroup | None:
+        """The job's cgroup with its limits; None when the node has none to give."""
+        self._remove_cgroups()  # a good moment to retry the ones that were still busy
+        if self.cgroups.version is None:
+            return None
+        try:
+            return self.cgroups.create(
+                self._cgroup_group,
+                jobdirs.dir_name(key),
+                cpus=assignment.cpus,
+                memory_bytes=assignment.memory_bytes,
+            )
+        except CgroupError as exc:
+            raise StartError(f"could not set up the job's cgroup: {exc}") from exc
+
     def _spawn(
-        self, assignment: Assignment, account: JobAccount, directory: Path, log_fd: int
+        self,
+        assignment: Assignment,
+        account: JobAccount,
+        directory: Path,
+        log_fd: int,
+        cgroup: JobCgroup | None,
     ) -> subprocess.Popen[bytes]:
+        """Start the shim, held at its gate, in ``cgroup``."""
         env = job_environment(
             assignment,
             account,
             node_name=self.node_name,
             gpus_simulated=self.gpus_simulated,
             agent_env=self._agent_env,
+            mps=self.mps,
         )
         # No workdir: the shell's own working directory, the job directory (entered by the
         # agent, so the job's account needs no access to the directories above it).
@@ -192,9 +253,9 @@ class ProcessRuntime:
                 "extra_groups": list(account.groups),
             }
         try:
-            return subprocess.Popen(
+            popen = subprocess.Popen(
                 argv,
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.PIPE,  # the gate
                 stdout=log_fd,
                 stderr=log_fd,
                 cwd=directory,
@@ -204,6 +265,15 @@ class ProcessRuntime:
             )
         except (OSError, ValueError, subprocess.SubprocessError) as exc:
             raise StartError(f"could not start the job's process: {exc}") from exc
+        if cgroup is not None:
+            try:
+                cgroup.join(popen.pid)
+            except CgroupError as exc:
+                _open_gate(popen, go=False)
+                popen.kill()
+                popen.wait()
+                raise StartError(f"could not put the job in its cgroup: {exc}") from exc
+        return popen
 
     # ---------------------------------------------------------------- adopt
 
@@ -233,6 +303,7 @@ class ProcessRuntime:
             popen=None,
             proc=proc,
             alive_at_adopt=proc is not None,
+            cgroup=JobCgroup.adopt(meta.cgroups, jobdirs.dir_name(meta.key)),
         )
         return handle
 
@@ -253,11 +324,15 @@ class ProcessRuntime:
                 t.killed = True
             return None
         result = self._exit_of(t)
+        if t.cgroup is not None:
+            result = _with_oom_kills(result, t.cgroup, stop_killed=t.killed)
         if t.popen is not None or t.alive_at_adopt:
             # Processes the job left behind (backgrounded, never waited for) must not
             # keep holding its GPUs once it is reported as ended. The group id cannot
             # have been reused while any of them is alive, so this hits nothing else.
             self._signal(t, signal.SIGKILL)
+        if t.cgroup is not None:
+            self._remove_cgroups(t.cgroup)  # and any that left the group: all in there
         del self._tracked[handle.key]
         return result
 
@@ -289,6 +364,15 @@ class ProcessRuntime:
             return t.popen.poll() is None
         return t.proc is not None and _alive(t.proc)
 
+    def _remove_cgroups(self, *ended: JobCgroup) -> None:
+        """Delete the cgroups of ended jobs (killing what is left in them); the ones
+        still busy are tried again on the next start or end."""
+        self._unremoved = [cg for cg in self._unremoved if not cg.remove(wait_seconds=0)]
+        for cg in ended:
+            if not cg.remove():
+                log.warning("cgroup %s still busy; will retry", cg.dirs[0])
+                self._unremoved.append(cg)
+
     def _send_pending_term(self, t: _Tracked) -> None:
         # See SHIM: a SIGTERM sent before the marker exists could be swallowed.
         if t.term_pending and (t.handle.job_dir / jobdirs.STARTED).exists():
@@ -314,6 +398,42 @@ class ProcessRuntime:
         if t.alive_at_adopt:
             return JobExit(None, "ended without recording an exit code (its shell was killed)")
         return JobExit(None, "ended while the agent was down; exit code unknown")
+
+
+_NO_CGROUPS = cgroups_mod.disabled("cgroups not in use")
+
+
+def _open_gate(popen: subprocess.Popen[bytes], *, go: bool) -> None:
+    """Let the shim waiting at its gate run the command (``go``), or end it unrun."""
+    stdin = popen.stdin
+    if stdin is None:
+        return
+    try:
+        if go:
+            stdin.write(b"go\n")
+            stdin.flush()
+    except BrokenPipeError:
+        pass  # the shim is gone already: its poll says how it ended
+    finally:
+        with contextlib.suppress(OSError):
+            stdin.close()
+
+
+def _with_oom_kills(result: JobExit, cgroup: JobCgroup, *, stop_killed: bool) -> JobExit:
+    """``result``, saying so when the kernel killed any of the job's processes for
+    running out of memory (a SIGKILL a stop sent is not that)."""
+    kills = cgroup.oom_kills()
+    if kills == 0:
+        return result
+    limit = cgroup.memory_limit()
+    its_limit = "" if limit is None else f" (its memory limit is {format_bytes(limit)})"
+    if result.exit_code == 128 + signal.SIGKILL and not stop_killed:
+        return JobExit(
+            result.exit_code, f"killed by the kernel for running out of memory{its_limit}"
+        )
+    which = "a process" if kills == 1 else f"{kills} processes"
+    note = f"{which} of it killed by the kernel for running out of memory{its_limit}"
+    return JobExit(result.exit_code, f"{result.message}; {note}" if result.message else note)
 
 
 def _notify_exit(pid: int, on_exit: Callable[[], None]) -> None:

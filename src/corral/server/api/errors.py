@@ -90,10 +90,12 @@ class BodySizeLimit:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        path: str = scope.get("path", "")
+        # The port URLs stream bodies through to the job (a notebook saved, a file
+        # uploaded to it) and never hold them in memory: no limit there.
+        if scope["type"] != "http" or _PORT_URL.match(path):
             await self.app(scope, receive, send)
             return
-        path: str = scope.get("path", "")
         limit = LOG_UPLOAD_MAX_BYTES if path.endswith("/log") else MAX_REQUEST_BYTES
         for name, value in scope.get("headers", []):
             if name == b"content-length" and value.isdigit() and int(value) > limit:
@@ -128,6 +130,9 @@ class BodySizeLimit:
             }
         )
         await send({"type": "http.response.body", "body": response.body})
+
+
+_PORT_URL = re.compile(r"^/jobs/\d+/ports/\d+/")
 
 
 class _TooLarge(Exception):

@@ -228,6 +228,7 @@ def submit(
         shm_size_bytes=req.shm_size_bytes,
         volumes=mounts,
         run_as_root=req.run_as_root,
+        ports=list(req.ports) or None,
     )
     session.add(job)
     session.flush()
@@ -398,6 +399,7 @@ def job_out(job: Job) -> schemas.JobOut:
         priority=job.priority,
         pool=job.pool,
         container=container_spec(job),
+        ports=list(job.ports or []),
     )
 
 

@@ -17,12 +17,14 @@ from corral.server.services.jobs import (
     job_node_ids,
     notify_job_nodes,
     notify_nodes,
+    record_event,
 )
 from corral.server.services.volumes import container_spec
 from corral.store.models import (
     Gpu,
     GpuAllocation,
     Job,
+    JobEvent,
     JobWorker,
     MigInstance,
     Node,
@@ -164,7 +166,7 @@ def apply_reports(
 
     Reports for another node or an older attempt are stale (the job was rebound since)
     and ignored; repeated reports are harmless because the state machine only moves
-    forwards.
+    forwards. A ``notice`` changes no state: it becomes a job event (`_notice`).
     """
     freed = False
     changed: set[int] = set()
@@ -172,6 +174,9 @@ def apply_reports(
         # Nothing here needs the job's project, user or node (joined by default).
         job = session.get(Job, report.job_id, options=_JOB_ALONE)
         if job is None or job.attempt != report.attempt:
+            continue
+        if report.state == "notice":
+            _notice(session, job, report, node, now)
             continue
         if job.workers > 1:
             freed = _gang_report(session, job, report, node, now, changed) or freed
@@ -197,6 +202,31 @@ def apply_reports(
 
 
 _ENDED = ("exited", "failed")
+
+
+def _notice(
+    session: Session, job: Job, report: schemas.JobReport, node: Node, now: datetime
+) -> None:
+    """Record what an agent says the job's user should know (a ``notice`` report) as a
+    job event of type ``notice``, if that node runs that worker and the job still holds
+    its devices. An agent resends reports whose sync failed: the same message twice is
+    recorded once."""
+    if not report.message or not JobState(job.state).holds_devices:
+        return
+    if report.rank == 0 and job.workers == 1:
+        runs_it = job.node_id == node.id
+    else:
+        worker = session.get(JobWorker, (job.id, report.rank))
+        runs_it = worker is not None and worker.node_id == node.id
+    if not runs_it:
+        return
+    known = session.scalar(
+        select(JobEvent.id).where(
+            JobEvent.job_id == job.id, JobEvent.type == "notice", JobEvent.message == report.message
+        )
+    )
+    if known is None:
+        record_event(session, job, "notice", report.message, report.at or now, node.name)
 
 
 def _gang_report(
@@ -336,7 +366,9 @@ def _finish(
             JobState.FAILED,
             at,
             f"exited with code {report.exit_code} on {node.name}{detail}",
-            reason=f"exited with code {report.exit_code}",
+            # The agent's note says why when it knows (it stopped the job itself, the
+            # kernel killed it for memory).
+            reason=f"exited with code {report.exit_code}{detail}",
         )
 
 
@@ -388,6 +420,7 @@ _ASSIGNMENT_COLUMNS = (
     Job.attempt,
     Job.name,
     Project.name.label("project"),
+    Project.gpu_memory_policy,
     User.name.label("user"),
     User.unix_user,
     Job.kind,
@@ -485,6 +518,7 @@ def desired_state(session: Session, node: Node, now: datetime) -> schemas.SyncRe
                 master_port=j.master_port if j.workers > 1 else None,
                 gpu_fraction=j.gpus if 0 < j.gpus < 1 else None,
                 gpu_memory_bytes=share_bytes,
+                gpu_memory_policy=j.gpu_memory_policy,
                 after=sorted(after.get(j.id, ())),
                 container=container_spec(j),
             )

@@ -1,9 +1,11 @@
-"""Projects: settings (quota, weight, limit, priority, pools, limits, parent), members."""
+"""Projects: settings (quota, weight, limit, priority, pools, limits, parent, GPU memory
+policy), members."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
+from typing import cast
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -16,7 +18,15 @@ from corral.server.services.accounts import Caller, get_project, get_user, is_me
 from corral.store.models import Job, Node, Project, ProjectMember, User
 
 DEFAULT_POOL = "default"
-_SETTINGS = ("quota", "weight", "limit", "priority", "pools", "interactive_limit_seconds")
+_SETTINGS = (
+    "quota",
+    "weight",
+    "limit",
+    "priority",
+    "pools",
+    "interactive_limit_seconds",
+    "gpu_memory_policy",
+)
 
 
 def known_pools(session: Session) -> set[str]:
@@ -157,6 +167,7 @@ def project_out(
         pools=list(project.pools) if project.pools is not None else None,
         interactive_limit_seconds=project.interactive_limit_seconds,
         parent=parent.name if parent else None,
+        gpu_memory_policy=cast("schemas.GpuMemoryPolicy", project.gpu_memory_policy),
         fair_share=share.fair_share if share else None,
         jobs_running=sum(n for s, n in counts.items() if JobState(s).holds_devices),
         jobs_pending=counts.get(JobState.PENDING.value, 0),

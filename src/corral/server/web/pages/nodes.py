@@ -234,6 +234,7 @@ class NodeView:
     cuda_drift: str | None
     simulated: bool
     gpu_backend: str
+    container_engine: str | None
     agent_version: str
     registered_at: datetime
     last_heartbeat: datetime | None
@@ -297,6 +298,7 @@ def node_view(session: Session, ctx: ServerContext, name: str) -> NodeView | Non
         cuda_drift=drift(node.cuda_version, cudas),
         simulated=node.simulated or any(g.simulated for g in node.gpus),
         gpu_backend=node.gpu_backend,
+        container_engine=node.container_engine,
         agent_version=node.agent_version,
         registered_at=node.registered_at,
         last_heartbeat=node.last_heartbeat,

@@ -41,6 +41,7 @@ class ProjectRow:
     priority: int
     pools: list[str] | None  # None: every pool
     interactive_limit_seconds: float | None
+    gpu_memory_policy: str  # off | warn | stop: a shared-GPU job over its memory share
     fair_share: float | None  # None: no scheduling cycle has run yet
     allocated: float
     pending: int
@@ -124,6 +125,7 @@ def project_rows(session: Session, shares: Mapping[str, ProjectShare]) -> list[P
                 priority=p.priority,
                 pools=list(p.pools) if p.pools is not None else None,
                 interactive_limit_seconds=p.interactive_limit_seconds,
+                gpu_memory_policy=p.gpu_memory_policy,
                 fair_share=share.fair_share if share else None,
                 allocated=u.allocated,
                 pending=u.pending,
