@@ -18,6 +18,9 @@
 #   a private dockerd in a temp dir (its own socket, data root and exec root, no
 #   iptables, no bridge) and imports a busybox image into it, built from that
 #   binary -- no registry, no download.
+# - A Jupyter server with a Python kernel, pip-installed (pinned) into a virtual
+#   environment of its own ($CORRAL_TEST_JUPYTER_VENV, default /opt/corral-test/jupyter):
+#   tests/e2e/test_jupyter_e2e.py runs it in a job behind its port URL.
 #
 # So this script only *installs* binaries; it never starts a server or a daemon --
 # the machines are shared, and a system PostgreSQL on port 5432, Prometheus on port
@@ -260,7 +263,33 @@ ensure_docker() {
         "($DOCKERD, busybox $BUSYBOX); the tests start their own private dockerd"
 }
 
+# ---------------------------------------------------------------- Jupyter
+
+# A real Jupyter server (and a Python kernel) for tests/e2e/test_jupyter_e2e.py, which
+# runs one in a job behind its port URL. In a virtual environment of its own, outside
+# the project's: Jupyter is never a dependency of Corral.
+JUPYTER_VENV=${CORRAL_TEST_JUPYTER_VENV:-/opt/corral-test/jupyter}
+JUPYTER_PINS=(jupyter_server==2.21.1 ipykernel==7.4.0)
+
+ensure_jupyter() {
+    if [[ -x $JUPYTER_VENV/bin/jupyter-server && -x $JUPYTER_VENV/bin/python ]] &&
+        "$JUPYTER_VENV/bin/python" -c 'import ipykernel' 2>/dev/null; then
+        log "Jupyter server ready ($JUPYTER_VENV)"
+        return 0
+    fi
+    log "installing Jupyter server into $JUPYTER_VENV (for the Jupyter port-URL test) ..."
+    if python3 -m venv "$JUPYTER_VENV" >/dev/null 2>&1 &&
+        "$JUPYTER_VENV/bin/pip" install -q "${JUPYTER_PINS[@]}" >/dev/null 2>&1; then
+        log "Jupyter server ready ($JUPYTER_VENV)"
+    else
+        warn_loud "Jupyter server" "could not create $JUPYTER_VENV or pip-install ${JUPYTER_PINS[*]}" \
+            "tests/e2e/test_jupyter_e2e.py will be SKIPPED: Jupyter behind a port URL is UNTESTED." \
+            "Fix: python3 -m venv $JUPYTER_VENV && $JUPYTER_VENV/bin/pip install ${JUPYTER_PINS[*]}"
+    fi
+}
+
 ensure_postgres
 ensure_prometheus
 ensure_chromium
 ensure_docker
+ensure_jupyter

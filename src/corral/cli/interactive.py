@@ -72,12 +72,16 @@ def raw_terminal(fd: int) -> Iterator[None]:
 
 
 def terminal_size(fd: int) -> tuple[int, int]:
-    """(rows, cols) of the terminal ``fd``, 24 x 80 when it has none."""
+    """(rows, cols) of the terminal ``fd``, 24 x 80 when it has none or says 0 x 0
+    (some terminals and pseudo-terminals never set a size; readline in a 1-column
+    terminal shows no prompt and no echo)."""
     try:
         size = os.get_terminal_size(fd)
     except OSError:
         return wire.DEFAULT_ROWS, wire.DEFAULT_COLS
-    return max(1, size.lines), max(1, size.columns)
+    if size.lines <= 0 or size.columns <= 0:
+        return wire.DEFAULT_ROWS, wire.DEFAULT_COLS
+    return size.lines, size.columns
 
 
 def run_terminal(

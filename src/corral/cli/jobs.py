@@ -322,6 +322,13 @@ def submit(
         click.echo(f"Open a shell in it once it runs: corral bash {job.name} -p {job.project}")
     for port in job.ports:
         click.echo(f"Port {port}: {state.server}{port_path(job.id, port)}")
+    if job.ports:
+        path, port = port_path(job.id, job.ports[0]), job.ports[0]
+        click.echo(
+            "  The program sees that whole path: start it with that base URL (Jupyter: "
+            f"--ServerApp.base_url={path}, TensorBoard: --path_prefix={path.rstrip('/')}), "
+            f"or reach it with: corral port-forward {job.name} -p {job.project} {port}:{port}"
+        )
 
 
 @click.command("list")

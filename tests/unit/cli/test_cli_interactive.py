@@ -40,6 +40,8 @@ def test_ports_are_sent_and_their_urls_shown(run: Runner, api: FakeApi) -> None:
     assert api.body("POST", "/jobs")["ports"] == [8888, 6006]
     assert "Port 8888: http://127.0.0.1:8420/jobs/42/ports/8888/" in result.output
     assert "Port 6006: http://127.0.0.1:8420/jobs/42/ports/6006/" in result.output
+    assert "--ServerApp.base_url=/jobs/42/ports/8888/" in result.output
+    assert "corral port-forward nb -p default 8888:8888" in result.output
     twice = run("submit", "nb", "--port", "1", "--port", "1", "--", "x")
     assert twice.exit_code == 2 and "a port is given twice" in twice.output
     bad = run("submit", "nb", "--port", "70000", "--", "x")
@@ -57,3 +59,23 @@ def test_get_and_list_show_the_ports(run: Runner, api: FakeApi) -> None:
     header, first, second = listed.output.splitlines()[:3]
     assert "PORTS" in header
     assert first.split()[-1] == "8888" and second.split()[-1] == "-"
+
+
+def test_a_terminal_without_a_size_gets_24_by_80() -> None:
+    """Some pseudo-terminals never set a size (0 x 0); readline there shows no prompt."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import termios
+
+    from corral.cli.interactive import terminal_size
+
+    parent, child = pty.openpty()
+    try:
+        assert terminal_size(child) == (24, 80)  # a new pty says 0 x 0
+        fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+        assert terminal_size(child) == (40, 120)
+    finally:
+        os.close(parent)
+        os.close(child)
