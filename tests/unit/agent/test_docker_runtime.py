@@ -14,6 +14,7 @@ import os
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -384,6 +385,28 @@ def test_a_restarted_agent_re_adopts_the_container_and_loses_no_output(
     client.containers.get(handle.container).exec_run(["touch", "/tmp/go"])
     assert finish(second, adopted) == JobExit(3)
     assert output(handle) == "one\ntwo\n"  # resumed after what was there: nothing doubled
+
+
+@pytest.mark.usefixtures("cleanup")
+def test_a_renamed_container_is_found_by_its_labels(
+    client: docker.DockerClient, docker_engine: DockerEngine, tmp_path: Path, node: str
+) -> None:
+    assert docker_engine.image is not None
+    state = tmp_path / "agent"
+    first = new_runtime(client, state, node)
+    handle = first.start(container_job(13, ["sleep", "30"], image=docker_engine.image), me())
+    first.close()
+    assert handle.container is not None
+    # Recorded before its container existed (an image pull), then renamed by someone.
+    meta = jobdirs.read_meta(handle.job_dir)
+    assert meta is not None
+    jobdirs.write_meta(handle.job_dir, replace(meta, container=None))
+    client.containers.get(handle.container).rename(f"renamed-{node}")
+    second = new_runtime(client, state, node)
+    adopted = second.adopt(handle.job_dir)
+    assert adopted is not None and adopted.container == handle.container
+    second.stop(adopted, 5)
+    assert finish(second, adopted) == JobExit(143, "stopped with SIGTERM")
 
 
 @pytest.mark.usefixtures("cleanup")

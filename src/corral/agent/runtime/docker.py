@@ -460,16 +460,18 @@ class DockerRuntime:
 
     def adopt(self, job_dir: Path) -> JobHandle | None:
         """Take over a container recorded in ``job_dir`` by an earlier agent (see
-        `Runtime.adopt`): by the id in meta.json, else by its name; its labels must
-        name the same job, attempt, rank and node."""
+        `Runtime.adopt`): by the id in meta.json, else by its name, else by its labels;
+        its labels must name the same job, attempt, rank and node."""
         meta = jobdirs.read_meta(job_dir)
         if meta is None or meta.runtime != self.name:
             return None
         if meta.key in self._tracked:
             return self._tracked[meta.key].handle
         key = meta.key
-        found = self._find(meta.container, key) or self._find(
-            container_name(self.node_name, key), key
+        found = (
+            self._find(meta.container, key)
+            or self._find(container_name(self.node_name, key), key)
+            or self._find_by_labels(key)
         )
         handle = JobHandle(
             job_id=meta.job_id,
@@ -518,6 +520,22 @@ class DockerRuntime:
         if any(labels.get(k) != v for k, v in expected.items()):
             return None
         return container
+
+    def _find_by_labels(self, key: JobKey) -> Any | None:
+        """The container labelled as worker ``key`` of this node (renamed, say)."""
+        labels = {
+            LABEL_JOB: str(key.job_id),
+            LABEL_ATTEMPT: str(key.attempt),
+            LABEL_RANK: str(key.rank),
+            LABEL_NODE: self.node_name,
+        }
+        try:
+            found = self.client.containers.list(
+                all=True, filters={"label": [f"{k}={v}" for k, v in labels.items()]}
+            )
+        except Exception:
+            return None
+        return found[0] if len(found) == 1 else None
 
     def strays(self) -> list[str]:
         """Containers labelled for this node that no supervised job is: one line each
