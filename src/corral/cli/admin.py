@@ -14,11 +14,10 @@ import click
 
 from corral.cli.config import CliState, pass_state
 from corral.cli.output import (
+    listing,
     output_option,
     parse,
-    parse_items,
     print_data,
-    print_empty,
     print_table,
     relative,
     time_and_age,
@@ -95,12 +94,8 @@ def user_list(state: CliState, output: str) -> None:
     """List users: role, Unix account for jobs, projects, and when they were created."""
     with state.client() as api:
         data = api.get("/users")
-    users = parse_items(UserOut, data, "users")
-    if output != "table":
-        print_data(data["users"], output)
-    elif not users:
-        print_empty("users")
-    else:
+    users = listing(data, UserOut, "users", output)
+    if users:
         now = state.clock()
         print_table(
             ("NAME", "ROLE", "UNIX-USER", "PROJECTS", "CREATED"),

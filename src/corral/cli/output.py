@@ -99,6 +99,21 @@ def parse_items(model: type[M], data: Any, key: str) -> list[M]:
     return [parse(model, item) for item in data[key]]
 
 
+def listing(data: Any, model: type[M], key: str, output: str, empty: str | None = None) -> list[M]:
+    """The items of a listing answer (``{"volumes": [...]}``) to print as a table.
+
+    With ``-o json``/``yaml`` it prints the answer itself and returns nothing to
+    tabulate; with no items it says so (``No <empty or key> found.``) and returns [].
+    """
+    items = parse_items(model, data, key)
+    if output != "table":
+        print_data(data[key], output)
+        return []
+    if not items:
+        print_empty(empty or key)
+    return items
+
+
 def stdout_is_terminal() -> bool:
     return sys.stdout.isatty()
 

@@ -9,12 +9,10 @@ import click
 
 from corral.cli.config import CliConfig, CliState, pass_state
 from corral.cli.output import (
+    listing,
     number,
     output_option,
     parse,
-    parse_items,
-    print_data,
-    print_empty,
     print_table,
 )
 from corral.cli.params import DURATION, POOL_NAME, PROJECT_NAME, USER_NAME
@@ -222,12 +220,8 @@ def project_list(state: CliState, output: str) -> None:
     """
     with state.client() as api:
         data = api.get("/projects")
-    projects = parse_items(ProjectOut, data, "projects")
-    if output != "table":
-        print_data(data["projects"], output)
-    elif not projects:
-        print_empty("projects")
-    else:
+    projects = listing(data, ProjectOut, "projects", output)
+    if projects:
         current = state.current_project
         print_table(PROJECT_COLUMNS, [project_row(p, current) for p in projects])
 

@@ -10,11 +10,9 @@ from pydantic import ValidationError
 
 from corral.cli.config import CliState, pass_state
 from corral.cli.output import (
+    listing,
     output_option,
     parse,
-    parse_items,
-    print_data,
-    print_empty,
     print_table,
 )
 from corral.cli.params import NameType
@@ -74,12 +72,8 @@ def volume_list(state: CliState, output: str) -> None:
     """List the volumes container jobs may mount."""
     with state.client() as api:
         data = api.get("/volumes")
-    volumes = parse_items(VolumeOut, data, "volumes")
-    if output != "table":
-        print_data(data["volumes"], output)
-    elif not volumes:
-        print_empty("volumes")
-    else:
+    volumes = listing(data, VolumeOut, "volumes", output)
+    if volumes:
         print_table(
             ("NAME", "HOST-PATH", "MODE", "DESCRIPTION"),
             [
