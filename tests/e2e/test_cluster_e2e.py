@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -282,3 +283,21 @@ def _heartbeat_after(c: LocalCluster, node: str, t: float) -> bool:
 
     hb = c.api(f"/nodes/{node}")["last_heartbeat"]
     return bool(hb) and datetime.fromisoformat(hb).timestamp() > t
+
+
+def test_sigterm_stops_the_server_cleanly_while_agents_poll(tmp_path: Path) -> None:
+    """Agents hold long polls open (sync, tunnels); SIGTERM must end them rather than
+    let the graceful shutdown run out and cancel them with a traceback."""
+    c = LocalCluster(tmp_path)
+    try:
+        c.start_server()
+        c.start_agent("polling-a", "1xA100-80GB")
+        time.sleep(1)  # both long polls are held now
+        assert c.server is not None
+        c.server.send_signal(signal.SIGTERM)
+        # uvicorn re-raises the signal once it has shut down cleanly.
+        assert c.server.wait(20) in (0, -signal.SIGTERM)
+        log = c.log("server.log")
+        assert "Traceback" not in log and "CancelledError" not in log, log
+    finally:
+        c.stop()

@@ -258,3 +258,24 @@ def test_the_servers_credentials_never_reach_the_job() -> None:
     )
     assert ("authorization", "token jupyter-own") in jupyter  # the job's own scheme passes
     assert strip_cookie("corral_session=x", "corral_session") == ""
+
+
+def test_a_stopping_server_ends_the_polls_at_once() -> None:
+    """SIGTERM releases the held tunnel and sync polls (they would otherwise hold up
+    the graceful shutdown until it cancels them), and later polls do not wait."""
+    from corral.server.signals import Signals
+
+    async def scenario() -> None:
+        hub, signals = TunnelHub(), Signals()
+        signals.attach(asyncio.get_running_loop())
+        sync_event = signals.node_event(1)
+        poll = asyncio.ensure_future(hub.offers(1, 30))
+        await asyncio.sleep(0.05)
+        assert not poll.done() and not sync_event.is_set()
+        signals.server_stopping(then=hub.release_polls)
+        assert await asyncio.wait_for(poll, 2) == []
+        await asyncio.wait_for(sync_event.wait(), 2)
+        assert signals.node_event(2).is_set()  # a new sync poll does not wait either
+        assert await asyncio.wait_for(hub.offers(2, 30), 1) == []
+
+    run(scenario())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 import sys
+from types import FrameType
 
 import uvicorn
 
@@ -55,14 +56,29 @@ def serve(settings: ServerSettings) -> None:
     # otherwise walk all of it and hold up every request for tens of milliseconds.
     gc.collect()
     gc.freeze()
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=3,
+    )
     try:
-        uvicorn.run(
-            app,
-            host=settings.host,
-            port=settings.port,
-            log_level="warning",
-            access_log=False,
-            timeout_graceful_shutdown=3,
-        )
+        _Server(config, ctx).run()
     finally:
         ctx.dispose()
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, which also releases the agents' long polls when told to stop:
+    its graceful shutdown waits for open requests, and a held sync or tunnel poll would
+    otherwise be cut off (with a traceback) only when that wait runs out."""
+
+    def __init__(self, config: uvicorn.Config, ctx: ServerContext) -> None:
+        super().__init__(config)
+        self._ctx = ctx
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self._ctx.signals.server_stopping(then=self._ctx.tunnels.release_polls)
+        super().handle_exit(sig, frame)

@@ -9,7 +9,7 @@ and a binding wakes the long poll of exactly the node it concerns.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 
 class Wakeup(asyncio.Event):
@@ -31,6 +31,7 @@ class Signals:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.scheduler_wakeup = Wakeup()
         self._node_events: dict[int, asyncio.Event] = {}
+        self._stopping = False
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         """Bind to the event loop the waiters run in (called once at server start)."""
@@ -50,7 +51,12 @@ class Signals:
         self._call(self.scheduler_wakeup.set_now if now else self.scheduler_wakeup.set)
 
     def node_event(self, node_id: int) -> asyncio.Event:
-        """The event a long poll of ``node_id`` waits on. Take it BEFORE reading state."""
+        """The event a long poll of ``node_id`` waits on. Take it BEFORE reading state.
+        Once the server is stopping it is set already: nobody waits any more."""
+        if self._stopping:
+            done = asyncio.Event()
+            done.set()
+            return done
         event = self._node_events.get(node_id)
         if event is None:
             event = self._node_events[node_id] = asyncio.Event()
@@ -60,6 +66,21 @@ class Signals:
         """Wake the long polls of these nodes: their desired state changed."""
         for node_id in set(node_ids):
             self._call(lambda n=node_id: self._fire(n))
+
+    def server_stopping(self, then: Callable[[], None] | None = None) -> None:
+        """The server is stopping (SIGTERM/SIGINT; safe from a signal handler): end the
+        nodes' long polls now, so the graceful shutdown does not wait out (and then
+        cancel) requests held for up to a heartbeat period; ``then`` runs in the loop
+        too (other long polls' release)."""
+
+        def release() -> None:
+            self._stopping = True
+            for node_id in list(self._node_events):
+                self._fire(node_id)
+            if then is not None:
+                then()
+
+        self._call(release)
 
     def _fire(self, node_id: int) -> None:
         event = self._node_events.pop(node_id, None)

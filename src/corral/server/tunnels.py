@@ -73,6 +73,7 @@ class TunnelHub:
         self._offers: dict[int, list[TunnelOffer]] = {}
         self._wakeups: dict[int, asyncio.Event] = {}
         self._polled_at: dict[int, float] = {}
+        self._closing = False  # the server is stopping: polls answer at once
 
     def __len__(self) -> int:
         return len(self._tunnels)
@@ -158,7 +159,7 @@ class TunnelHub:
         ``wait_seconds`` for one to arrive. ``hangup()`` completes when the poller hangs
         up (an agent that stopped): the wait ends then, and offers stay for the next."""
         self._polled_at[node_id] = self._clock()
-        if not self._offers.get(node_id) and wait_seconds > 0:
+        if not self._offers.get(node_id) and wait_seconds > 0 and not self._closing:
             wakeup = self._wakeups.setdefault(node_id, asyncio.Event())
             waits: list[asyncio.Future[object]] = [asyncio.ensure_future(wakeup.wait())]
             if hangup is not None:
@@ -174,6 +175,13 @@ class TunnelHub:
                 return []
             self._polled_at[node_id] = self._clock()
         return self._offers.pop(node_id, [])
+
+    def release_polls(self) -> None:
+        """The server is stopping: end every waiting poll now, and wait in none from
+        now on (run in the event loop)."""
+        self._closing = True
+        for event in self._wakeups.values():
+            event.set()
 
     def claim(self, tunnel_id: str, node_id: int) -> Tunnel | None:
         """The session an agent dials back for, if it exists, belongs to that agent's
