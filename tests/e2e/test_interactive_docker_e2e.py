@@ -39,7 +39,8 @@ def test_bash_and_exec_in_a_container_job(
         term.expect(r"24 80")
         term.resize(33, 99)
         term.expect(PROMPT)
-        term.send(b"echo sleeping; sleep 60\r")
+        # The marker comes from the foreground program, once it holds the terminal.
+        term.send(b"sh -c 'echo sleeping; exec sleep 60'\r")
         term.expect(r"\nsleeping")
         term.send(b"\x03")  # interrupts the sleep: the prompt is back well before 60 s
         term.expect(PROMPT, timeout=20)

@@ -97,7 +97,10 @@ def test_bash_is_a_real_terminal_in_the_job(cluster: LocalCluster, dev: dict[str
 
         wait_for(resized, 20, "stty size to report the new window size")
         # Ctrl-C interrupts what runs in the foreground, not the session.
-        term.send(b"echo sleeping-$((3*3)); sleep 60; echo slept\r")
+        # The marker comes from the foreground program itself, so it is printed only
+        # once the shell has handed it the terminal: a Ctrl-C typed earlier would reach
+        # the shell, not the program (bash's own race, at a terminal too).
+        term.send(b"sh -c 'echo sleeping-$((3*3)); exec sleep 60'; echo slept\r")
         term.expect(r"sleeping-9")
         interrupted_at = time.monotonic()
         term.send(b"\x03")
