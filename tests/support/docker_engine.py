@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
 import io
 import os
 import shutil
@@ -66,6 +65,8 @@ from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, NoReturn, Self
 
 import pytest
+
+from support.processes import die_with_parent
 
 if TYPE_CHECKING:
     import docker
@@ -93,8 +94,6 @@ REQUIRE_ENV = "CORRAL_REQUIRE_DOCKER"
 """Set to 1 to make a missing Docker engine fail the tests that need it instead of skipping."""
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
-
-_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 class DockerUnavailable(RuntimeError):
@@ -138,26 +137,7 @@ def check_available() -> None:
         ) from None
 
 
-def _make_die_with_parent() -> Any:
-    """A ``preexec_fn`` that makes dockerd receive SIGTERM when the starting thread dies.
-
-    The last line of defence against a leaked daemon: if pytest is SIGKILLed no
-    teardown runs, but the kernel still sends dockerd SIGTERM, its clean shutdown
-    (which stops its containers and its containerd). None where ``prctl`` is missing.
-    """
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    sig = int(signal.SIGTERM)
-
-    def die_with_parent() -> None:
-        prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
-
-    return die_with_parent
-
-
-_DIE_WITH_PARENT = _make_die_with_parent()
+_DIE_WITH_PARENT = die_with_parent(signal.SIGTERM)
 _LIVE: set[DockerEngine] = set()
 
 

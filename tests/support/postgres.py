@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
 import os
 import pwd
 import re
@@ -37,7 +36,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, NoReturn, Self
@@ -45,6 +44,8 @@ from typing import IO, Any, NoReturn, Self
 import psycopg
 import pytest
 from psycopg import sql
+
+from support.processes import die_with_parent
 
 PG_ROOT = Path("/usr/lib/postgresql")
 """Where Debian installs each major version: ``/usr/lib/postgresql/<major>/bin``."""
@@ -66,7 +67,6 @@ INSTALL_HINT = "run scripts/test-services.sh as root"
 REQUIRE_ENV = "CORRAL_REQUIRE_POSTGRES"
 """Set to 1 to make a missing PostgreSQL fail the tests that need it instead of skipping."""
 
-_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 _BIND_FAILURE = re.compile(r"could not bind|could not create any TCP/IP sockets|already in use")
 _LAUNCH_MARK = "--- corral: starting postgres"  # separates attempts in the shared log
 
@@ -142,28 +142,7 @@ def _server_user() -> pwd.struct_passwd | None:
         ) from None
 
 
-def _make_die_with_parent() -> Callable[[], None] | None:
-    """A ``preexec_fn`` that makes the child receive SIGINT when its parent dies.
-
-    This is the last line of defence against leaked servers: if pytest is killed
-    (SIGKILL, ``os._exit`` from a hard timeout) no teardown runs, but the kernel
-    still sends the postmaster SIGINT, which is PostgreSQL's fast shutdown. The
-    ``prctl`` function is looked up here, in the parent, so the forked child only
-    makes one foreign call. Returns None where ``prctl`` does not exist.
-    """
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    sig = int(signal.SIGINT)
-
-    def die_with_parent() -> None:
-        prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
-
-    return die_with_parent
-
-
-_DIE_WITH_PARENT = _make_die_with_parent()
+_DIE_WITH_PARENT = die_with_parent(signal.SIGINT)
 _LIVE: set[PostgresServer] = set()
 
 
