@@ -10,8 +10,8 @@ from api.conftest import Harness
 
 BAD_JOBS: list[tuple[str, dict[str, Any], str, str]] = [
     # (id, body, field named in the error, fragment of the message)
-    ("missing-command", {"name": "a"}, "command", "Field required"),
-    ("empty-command", {"name": "a", "command": []}, "command", "at least 1"),
+    ("missing-command", {"name": "a"}, "command", "give the program to run"),
+    ("empty-command", {"name": "a", "command": []}, "command", "only a container job"),
     ("empty-program", {"name": "a", "command": [""]}, "command", "empty"),
     ("nul-in-command", {"name": "a", "command": ["echo", "a\x00b"]}, "command", "NUL"),
     ("command-not-list", {"name": "a", "command": "rm -rf /"}, "command", "list"),

@@ -178,3 +178,15 @@ def test_without_docker_anywhere_a_container_job_waits_and_says_why(server: Harn
     assert job["state"] == "pending"
     assert job["reason"].startswith("a container job needs a node with a container engine")
     assert "no node has one" in job["reason"]
+
+
+def test_a_container_job_without_a_command_runs_its_images_own(server: Harness) -> None:
+    node = server.register("dk", gpus=1, container_engine="docker 20.10.24")
+    r = server.post("/jobs", {"name": "nb", "image": IMAGE, "command": []})
+    assert r.status_code == 201, r.text
+    assert r.json()["command"] == []
+    plain = server.post("/jobs", {"name": "plain", "command": []})
+    assert error(plain)[0] == 422 and error(plain)[2] == "command"
+    server.cycle()
+    (assignment,) = server.sync(node)["assignments"]
+    assert assignment["command"] == [] and assignment["container"]["image"] == IMAGE

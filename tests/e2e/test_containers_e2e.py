@@ -89,6 +89,20 @@ def test_a_container_job_runs_with_its_volume_limits_and_output(
     assert docker_engine.image in shown and "scratch" in shown
 
 
+def test_a_container_job_without_a_command_runs_its_images_own(
+    cluster: LocalCluster, docker_engine: DockerEngine
+) -> None:
+    """The busybox test image's CMD is /bin/sh, which ends at once with no input."""
+    assert docker_engine.image is not None
+    cluster.cli("submit", "image-cmd", "--image", docker_engine.image)
+    job = cluster.wait_job("image-cmd", {"succeeded", "failed"}, timeout=60)
+    assert job["state"] == "succeeded" and job["command"] == [], job
+    shown = cluster.cli("get", "image-cmd").stdout
+    (line,) = [line for line in shown.splitlines() if line.startswith("Command:")]
+    assert line.split(":", 1)[1].strip() == "(the image's own command)"
+    assert "(pid None)" not in shown
+
+
 def test_a_container_job_with_no_docker_node_waits_with_the_reason(
     cluster: LocalCluster, docker_engine: DockerEngine
 ) -> None:

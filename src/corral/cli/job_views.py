@@ -110,7 +110,7 @@ def print_job(job: JobDetail, now: datetime, server: str = "") -> None:
         ("GPU UUIDs", "\n".join(job.gpu_uuids) or "-"),
         ("CPUs", number(job.cpus)),
         ("Memory", format_bytes(job.memory_bytes)),
-        ("Command", shlex.join(job.command)),
+        ("Command", shlex.join(job.command) or "(the image's own command)"),
         *container_fields(job.container),
         *([("Ports", ports_text(job, server))] if job.ports else []),
         ("Workdir", job.workdir or "-"),

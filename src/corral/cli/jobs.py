@@ -199,7 +199,8 @@ Examples:
     "--image",
     metavar="IMAGE",
     help="Run the job as a container of this Docker image (on nodes with Docker), as "
-    "your own UID/GID, with its GPUs passed by UUID.",
+    "your own UID/GID, with its GPUs passed by UUID. Without a COMMAND it runs the "
+    "image's own.",
 )
 @click.option(
     "--volume",
@@ -260,9 +261,10 @@ def submit(
     """
     if not command and (interactive or kind == JobKind.INTERACTIVE.value):
         command = INTERACTIVE_IDLE_COMMAND
-    if not command:
+    if not command and image is None:
         raise click.UsageError(
-            "missing the command to run: corral submit NAME [OPTIONS] -- COMMAND [ARGS]..."
+            "missing the command to run: corral submit NAME [OPTIONS] -- COMMAND [ARGS]... "
+            "(a container job may leave it out to run its image's own command)"
         )
     if interactive and kind not in (None, JobKind.INTERACTIVE.value):
         raise click.BadOptionUsage("kind", "--interactive conflicts with --kind train")

@@ -324,7 +324,12 @@ class JobSubmit(_Strict):
     workers: int = Field(default=1, ge=1, le=MAX_WORKERS, description="Gang size.")
     cpus: float | None = Field(default=None, gt=0, le=MAX_CPUS_PER_JOB)
     memory_bytes: int | None = Field(default=None, gt=0, le=MAX_MEMORY_BYTES)
-    command: list[str] = Field(min_length=1, max_length=MAX_COMMAND_ARGS)
+    command: list[str] = Field(
+        default_factory=list,
+        max_length=MAX_COMMAND_ARGS,
+        description="The program and its arguments; empty only for a container job, "
+        "which then runs its image's own command (CMD).",
+    )
     env: dict[str, str] = Field(default_factory=dict, max_length=MAX_ENV_VARS)
     workdir: str | None = Field(default=None, min_length=1, max_length=MAX_PATH_CHARS)
     grace_seconds: float | None = Field(
@@ -404,6 +409,11 @@ class JobSubmit(_Strict):
                 "workers: a gang's workers get whole GPUs; fractions, GPU memory and MIG "
                 "instances are for one-worker jobs"
             )
+        if self.image is None and not self.command:
+            raise ValueError(
+                "command: give the program to run (only a container job may "
+                "leave it out, to run its image's own command)"
+            )
         if self.image is None:
             for name, present in (
                 ("shm_size_bytes", self.shm_size_bytes is not None),
@@ -425,7 +435,7 @@ class JobSubmit(_Strict):
     @field_validator("command")
     @classmethod
     def _command(cls, v: list[str]) -> list[str]:
-        if not v[0]:
+        if v and not v[0]:
             raise ValueError("the program to run (first word) is empty")
         if any("\x00" in a for a in v):
             raise ValueError("contains a NUL character")

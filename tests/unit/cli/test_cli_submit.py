@@ -252,6 +252,15 @@ def test_container_options_reach_the_request(run: Runner, accepts: FakeApi) -> N
     assert body["run_as_root"] is True
 
 
+def test_a_container_job_may_run_its_images_own_command(run: Runner, accepts: FakeApi) -> None:
+    result = run("submit", "nb", "--image", "jupyter/base-notebook:2024", "--port", "8888")
+    assert result.exit_code == 0, result.output
+    body = accepts.body("POST", "/jobs")
+    assert body["command"] == [] and body["image"] == "jupyter/base-notebook:2024"
+    plain = run("submit", "x")
+    assert plain.exit_code == 2 and "missing the command to run" in plain.output
+
+
 @pytest.mark.parametrize(
     ("args", "words"),
     [

@@ -191,7 +191,11 @@ def apply_reports(
             job.pid = report.pid
             job.started_at = at
             change_state(
-                session, job, JobState.RUNNING, at, f"running on {node.name} (pid {report.pid})"
+                session,
+                job,
+                JobState.RUNNING,
+                at,
+                f"running on {node.name}" + (f" (pid {report.pid})" if report.pid else ""),
             )
         elif report.state == "running" and state is JobState.STOPPING and job.started_at is None:
             job.pid, job.started_at = report.pid, at

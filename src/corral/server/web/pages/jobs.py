@@ -280,7 +280,7 @@ def job_fields(job: schemas.JobDetail, node: str, now: datetime) -> list[tuple[s
         ("GPU UUIDs", "\n".join(job.gpu_uuids) or "-"),
         ("CPUs", "-" if job.cpus is None else f"{job.cpus:g}"),
         ("Memory", format_bytes(job.memory_bytes)),
-        ("Command", shlex.join(job.command)),
+        ("Command", shlex.join(job.command) or "(the image's own command)"),
         *container_fields(job.container),
         ("Workdir", job.workdir or "-"),
         # Names only: values are often secrets, and this page ends up in screenshots.
