@@ -88,20 +88,32 @@ def _note(ctx: ServerContext, target: SessionTarget, caller: Caller, message: st
         sessions.note_session(s, target.job_id, caller, message, ctx.clock.now())
 
 
+async def _accept(
+    websocket: WebSocket, project: str, name: str, rank: int, what: str
+) -> tuple[Caller, SessionTarget] | None:
+    """Accept the user's WebSocket if its token may ``what`` in the job's worker
+    ``rank``; else refuse it with the reason (and None)."""
+    try:
+        token = token_of(websocket, cookie_ok=False)
+        allowed = await asyncio.to_thread(
+            _target, ctx_of(websocket), token, project, name, rank, what
+        )
+    except CorralError as exc:
+        await deny(websocket, exc)
+        return None
+    await websocket.accept()
+    return allowed
+
+
 @router.websocket("/jobs/{project}/{name}/terminal")
 async def terminal(websocket: WebSocket, project: str, name: str, rank: int = 0) -> None:
     """A terminal in a running job (``corral bash``/``exec``). The first message is a
     `TerminalStart`; then the frames of `corral.core.tunnel`."""
     ctx = ctx_of(websocket)
-    try:
-        token = token_of(websocket, cookie_ok=False)
-        caller, target = await asyncio.to_thread(
-            _target, ctx, token, project, name, rank, "open a terminal"
-        )
-    except CorralError as exc:
-        await deny(websocket, exc)
+    allowed = await _accept(websocket, project, name, rank, "open a terminal")
+    if allowed is None:
         return
-    await websocket.accept()
+    caller, target = allowed
     try:
         text = await asyncio.wait_for(websocket.receive_text(), START_TIMEOUT_SECONDS)
         start = TerminalStart.model_validate_json(text)
@@ -129,15 +141,10 @@ async def port_stream(
     stream's bytes as binary messages, ``eof``/``error`` as control messages. With
     ``check``, only the access and the job's state are checked (then closed)."""
     ctx = ctx_of(websocket)
-    try:
-        token = token_of(websocket, cookie_ok=False)
-        caller, target = await asyncio.to_thread(
-            _target, ctx, token, project, name, rank, "forward a port"
-        )
-    except CorralError as exc:
-        await deny(websocket, exc)
+    allowed = await _accept(websocket, project, name, rank, "forward a port")
+    if allowed is None:
         return
-    await websocket.accept()
+    caller, target = allowed
     if check:
         await websocket.close()
         return
