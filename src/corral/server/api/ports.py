@@ -320,11 +320,7 @@ async def _bridge(browser: WebSocket, stream: TunnelStream, port: int) -> None:
         parts: list[bytes] = []
         text = False
         while True:
-            data = await stream.read(_READ_BYTES)
-            if data:
-                protocol.receive_data(data)
-            else:
-                protocol.receive_eof()
+            data = await _feed(protocol, stream)
             for event in protocol.events_received():
                 if not isinstance(event, Frame):
                     continue
@@ -366,13 +362,19 @@ async def _handshake(protocol: ClientProtocol, stream: TunnelStream) -> BackendR
     """The job's answer to our WebSocket handshake (None: the stream ended first).
     Raises `httpcore.ReadError` with the agent's message when the port cannot be reached."""
     while True:
-        data = await stream.read(_READ_BYTES)
-        if data:
-            protocol.receive_data(data)
-        else:
-            protocol.receive_eof()
+        data = await _feed(protocol, stream)
         for event in protocol.events_received():
             if isinstance(event, BackendResponse):
                 return event
         if not data:
             return None
+
+
+async def _feed(protocol: ClientProtocol, stream: TunnelStream) -> bytes:
+    """Read what the job sent next into ``protocol`` (its end, when b"" is returned)."""
+    data = await stream.read(_READ_BYTES)
+    if data:
+        protocol.receive_data(data)
+    else:
+        protocol.receive_eof()
+    return data
