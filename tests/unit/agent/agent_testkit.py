@@ -6,11 +6,16 @@ import contextlib
 import json
 import os
 import pwd
+import shutil
 import signal
+import subprocess
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
+
+import pytest
 
 from corral.agent.runtime.cgroups import JobCgroup
 from corral.agent.usermap import JobAccount
@@ -90,3 +95,26 @@ def kill_jobs(state_dir: Path) -> None:
             cgroup = JobCgroup.adopt(dirs, meta.parent.name)
             if cgroup is not None:
                 cgroup.remove()
+
+
+@pytest.fixture(name="other_user")
+def other_user_fixture() -> Iterator[str]:
+    """Fixture ``other_user``: a throw-away Unix account (needs root and useradd); its
+    processes are killed and the account removed afterwards. A test module that imports
+    ``other_user_fixture`` can ask for ``other_user``."""
+    if os.geteuid() != 0 or not shutil.which("useradd") or not shutil.which("userdel"):
+        pytest.skip("needs root and useradd to make a throw-away account")
+    name = f"corral-t{uuid.uuid4().hex[:8]}"
+    subprocess.run(
+        [
+            *("useradd", "--no-create-home", "--home-dir", f"/nonexistent/{name}"),
+            *("--shell", "/bin/sh", name),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield name
+    finally:
+        subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)
+        subprocess.run(["userdel", name], check=True, capture_output=True)

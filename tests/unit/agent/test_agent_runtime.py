@@ -5,16 +5,13 @@ from __future__ import annotations
 import json
 import os
 import pwd
-import shutil
 import signal
-import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from agent_testkit import AS_ME, assignment, kill_jobs, pid_gone, wait_for
+from agent_testkit import AS_ME, assignment, kill_jobs, other_user_fixture, pid_gone, wait_for  # noqa: F401 (a fixture)
 
 from corral.agent import jobdirs
 from corral.agent.jobdirs import JobKey
@@ -412,32 +409,6 @@ def test_adopt_a_job_started_before_gangs_existed(state_dir: Path) -> None:
 
 
 # ------------------------------------------------------------------ other accounts
-
-
-@pytest.fixture
-def other_user() -> Iterator[str]:
-    """A throw-away Unix account (needs root and useradd)."""
-    if os.geteuid() != 0 or not shutil.which("useradd") or not shutil.which("userdel"):
-        pytest.skip("needs root and useradd to make a throw-away account")
-    name = f"corral-t{uuid.uuid4().hex[:8]}"
-    subprocess.run(
-        [
-            "useradd",
-            "--no-create-home",
-            "--home-dir",
-            f"/nonexistent/{name}",
-            "--shell",
-            "/bin/sh",
-            name,
-        ],
-        check=True,
-        capture_output=True,
-    )
-    try:
-        yield name
-    finally:
-        subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)
-        subprocess.run(["userdel", name], check=True, capture_output=True)
 
 
 def test_job_runs_as_the_mapped_account(state_dir: Path, other_user: str) -> None:

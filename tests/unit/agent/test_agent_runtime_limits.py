@@ -6,16 +6,14 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from agent_testkit import AS_ME, assignment, kill_jobs, pid_gone, wait_for
+from agent_testkit import AS_ME, assignment, kill_jobs, other_user_fixture, pid_gone, wait_for  # noqa: F401 (a fixture)
 
 from corral.agent import jobdirs
 from corral.agent.jobdirs import JobKey
@@ -216,24 +214,6 @@ def test_a_shim_never_told_to_go_runs_nothing(tmp_path: Path) -> None:
     shim.stdin.close()
     assert shim.wait(10) == 125
     assert not ran.exists() and not (tmp_path / jobdirs.EXIT_CODE).exists()
-
-
-@pytest.fixture
-def other_user() -> Iterator[str]:
-    """A throw-away Unix account (needs root and useradd)."""
-    if os.geteuid() != 0 or not shutil.which("useradd") or not shutil.which("userdel"):
-        pytest.skip("needs root and useradd to make a throw-away account")
-    name = f"corral-t{uuid.uuid4().hex[:8]}"
-    subprocess.run(
-        ["useradd", "--no-create-home", "--home-dir", "/nonexistent", "--shell", "/bin/sh", name],
-        check=True,
-        capture_output=True,
-    )
-    try:
-        yield name
-    finally:
-        subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)
-        subprocess.run(["userdel", name], check=True, capture_output=True)
 
 
 def test_a_job_as_another_account_is_limited_too(
