@@ -24,8 +24,9 @@ import asyncio
 import contextlib
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpcore
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
@@ -214,15 +215,22 @@ async def relay(user: WebSocket, agent: WebSocket) -> None:
             elif message.get("text") is not None:
                 await dst.send_text(message["text"])
 
-    tasks = [asyncio.create_task(pump(user, agent)), asyncio.create_task(pump(agent, user))]
+    try:
+        await until_either_ends(pump(user, agent), pump(agent, user))
+    finally:
+        await close_quietly(user)
+        await close_quietly(agent)
+
+
+async def until_either_ends(*directions: Coroutine[Any, Any, None]) -> None:
+    """Run the two directions of a relay until one ends, then stop the other."""
+    tasks = [asyncio.create_task(d) for d in directions]
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await close_quietly(user)
-        await close_quietly(agent)
 
 
 async def close_quietly(ws: WebSocket, code: int = 1000) -> None:

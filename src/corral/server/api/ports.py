@@ -37,7 +37,7 @@ from corral.server.context import ServerContext
 from corral.server.services import interactive as sessions
 from corral.server.services.accounts import Caller
 from corral.server.services.interactive import SessionTarget
-from corral.server.tunnels import TunnelStream, TunnelTimeout, close_quietly
+from corral.server.tunnels import TunnelStream, TunnelTimeout, close_quietly, until_either_ends
 
 router = APIRouter(include_in_schema=False)
 
@@ -343,13 +343,9 @@ async def _bridge(browser: WebSocket, stream: TunnelStream, port: int) -> None:
             if not data:
                 return
 
-    tasks = [asyncio.create_task(to_job()), asyncio.create_task(to_browser())]
     try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        await until_either_ends(to_job(), to_browser())
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
         await close_quietly(browser)
 
 
